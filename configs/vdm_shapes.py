@@ -1,0 +1,139 @@
+"""Text-to-video diffusion (3D U-Net, Ho et al. 2022) on the built-in moving-shapes data.
+
+Run (the README's main command does this for variant=demo):
+  vidgen train --config configs/vdm_shapes.py:variant=demo --workdir workdirs/vdm_demo
+  vidgen sample --workdir workdirs/vdm_demo --prompt "a red circle moving right" --out red.gif
+
+Arguments (after ':', comma separated):
+  variant   demo | S | B | L   model and run size (table below).
+  runlocal  True shrinks everything to a seconds-long smoke run (tests, CI).
+
+  variant  U-Net                               data         steps   expected
+  demo     dim 32, mults (1,2), patch 2, xattn 8x32x32      1200    ~10 min on a 2-core CPU
+  S        dim 32, mults (1,2,4) (VDM-S bench)  8x32x32      20k     a GPU hour
+  B        dim 128, mults (1,2,4,8)            16x64x64     200k    TPU v5p-8
+  L        dim 320, mults (1,2,4,8), ~1B       16x64x64     500k    TPU v5p pod, fsdp
+
+Text enters twice: the masked-mean pooled prompt embedding through FiLM (the reference's only path) and the
+token embeddings through cross-attention. Condition dropout (cfg_drop_prob) trains the null condition so that
+classifier-free guidance at sampling (sample.cond_scale) means something; the reference leaves it at 0.
+"""
+from vidgen_jax.configs import ConfigDict, parse_arg
+
+_VARIANTS = {
+    # demo: sized for the README's 15-minute CPU budget; patch 2 runs the U-Net at 16x16.
+    "demo": dict(dim=32, mults=(1, 2), heads=2, dim_head=32, patch=2, linear_attn=False, image=32, frames=8,
+                 batch=8, steps=1200, lr=1e-3),
+    # S: the VDM-S benchmark architecture of DESIGN.md.
+    "S": dict(dim=32, mults=(1, 2, 4), heads=8, dim_head=32, patch=1, linear_attn=True, image=32, frames=8,
+              batch=32, steps=20_000, lr=3e-4),
+    "B": dict(dim=128, mults=(1, 2, 4, 8), heads=8, dim_head=64, patch=1, linear_attn=True, image=64, frames=16,
+              batch=64, steps=200_000, lr=1e-4),
+    "L": dict(dim=320, mults=(1, 2, 4, 8), heads=16, dim_head=64, patch=1, linear_attn=True, image=64,
+              frames=16, batch=256, steps=500_000, lr=1e-4),
+}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, variant="demo", runlocal=False)
+  if arg.variant not in _VARIANTS:
+    raise ValueError(f"variant {arg.variant!r} unknown; choose one of {sorted(_VARIANTS)}")
+  v = _VARIANTS[arg.variant]
+  dim, mults, heads, dim_head, patch = v["dim"], v["mults"], v["heads"], v["dim_head"], v["patch"]
+  image, frames, batch, steps, lr = v["image"], v["frames"], v["batch"], v["steps"], v["lr"]
+
+  c = ConfigDict()
+  c.family = "vdm"
+  c.variant = arg.variant
+  c.seed = 0
+
+  c.data = ConfigDict()
+  c.data.source = "moving_shapes"   # moving_shapes | folder
+  c.data.folder = ""                # for source=folder: GIF/MP4 files with same-named .txt captions
+  c.data.image_size = image
+  c.data.num_frames = frames
+  c.data.num_examples = 1_000_000   # procedural: examples before the index wraps (an "epoch")
+  c.data.split = "train"            # moving shapes: train excludes the held-out combinations
+  c.data.pad = "zeros"              # folder clips shorter than num_frames: zeros | last
+  c.data.seed = 0
+
+  c.text = ConfigDict()
+  c.text.encoder = "minilm"         # minilm (bundled all-MiniLM-L6-v2) | bert | t5 (HF dirs with safetensors)
+  c.text.path = ""                  # checkpoint directory for bert / t5
+  c.text.max_length = 16
+
+  c.model = ConfigDict()
+  c.model.dim = dim
+  c.model.dim_mults = mults
+  c.model.attn_heads = heads
+  c.model.attn_dim_head = dim_head
+  c.model.patch_size = patch        # space-to-depth: the U-Net runs at image_size / patch_size
+  c.model.init_kernel_size = 7
+  c.model.use_sparse_linear_attn = v["linear_attn"]
+  c.model.cross_attention = True    # attend to text tokens (our addition); False = reference architecture
+  c.model.remat = False             # rematerialise blocks in the backward pass (memory for compute)
+
+  c.diffusion = ConfigDict()
+  c.diffusion.timesteps = 1000
+  c.diffusion.schedule = "cosine"
+  c.diffusion.prediction = "v"      # eps (the reference) | v | x0
+  c.diffusion.loss = "l2"           # l1 (reference default) | l2
+  c.diffusion.cfg_drop_prob = 0.1   # probability of training a sample with the null condition
+  c.diffusion.prob_focus_present = 0.0
+
+  c.sample = ConfigDict()
+  c.sample.sampler = "ddim"         # ddim | ddpm
+  c.sample.steps = 50               # ddim steps (ddpm always runs all timesteps)
+  c.sample.eta = 0.0
+  c.sample.cond_scale = 3.0         # classifier-free guidance weight; 1 = no guidance
+  c.sample.clip_denoised = True
+  c.sample.prompts = (
+      "a red circle moving right", "a green square moving up", "a blue triangle moving left",
+      "a yellow circle moving down", "a magenta square growing", "a cyan triangle shrinking",
+      "a white square rotating clockwise", "a red triangle moving down and right",
+  )
+
+  c.optim = ConfigDict()
+  c.optim.lr = lr
+  c.optim.warmup_steps = 100
+  c.optim.decay = "cosine"          # cosine | constant (after warm-up)
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.99
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 1.0           # global-norm clipping; 0 disables
+  c.optim.ema_decay = 0.995
+
+  c.train = ConfigDict()
+  c.train.batch_size = batch        # global batch (all devices, all processes)
+  c.train.grad_accum = 1            # micro-batches per step (scanned inside the jitted step)
+  c.train.num_steps = steps
+  c.train.compute_dtype = "float32" # float32 | bfloat16 (params and optimizer stay float32)
+  c.train.log_every = 50
+  c.train.ckpt_every = 500
+  c.train.keep_ckpts = 2
+  c.train.sample_every = 0          # 0: sample only at the end
+  c.train.max_bad_steps = 20        # abort after this many consecutive non-finite steps
+
+  c.mesh = ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.sharding = ConfigDict()
+  c.sharding.preset = "fsdp"        # data | fsdp | fsdp_tensor (vidgen_jax/parallel/sharding.py)
+  c.sharding.extra_rules = ()       # ((logical, mesh_axis), ...) taking precedence over the preset
+
+  c.eval = ConfigDict()
+  c.eval.num_samples = 2            # samples per evaluation prompt
+
+  if arg.runlocal:
+    c.data.image_size, c.data.num_frames = 16, 4
+    c.model.dim, c.model.dim_mults, c.model.attn_heads, c.model.attn_dim_head = 8, (1, 2), 2, 8
+    c.model.patch_size, c.model.use_sparse_linear_attn = 1, True
+    c.text.max_length = 12
+    c.train.batch_size, c.train.num_steps = 8, 4
+    c.train.log_every, c.train.ckpt_every = 2, 2
+    c.optim.warmup_steps = 2
+    c.sample.steps = 4
+    c.sample.prompts = c.sample.prompts[:2]
+    c.eval.num_samples = 1
+  return c

@@ -1,0 +1,37 @@
+"""Shared test utilities."""
+import hashlib
+
+import numpy as np
+
+from vidgen_jax import configs
+
+
+class HashTextEncoder:
+  """A deterministic stand-in text encoder for fast trainer tests: tokens from a hash of each word."""
+
+  name = "hash"
+
+  def __init__(self, dim=16, max_length=12):
+    self.dim, self.max_length = dim, max_length
+    self.calls = 0
+
+  def encode(self, texts):
+    self.calls += 1
+    toks = np.zeros((len(texts), self.max_length, self.dim), np.float32)
+    mask = np.zeros((len(texts), self.max_length), bool)
+    for i, t in enumerate(texts):
+      for j, w in enumerate(t.split()[: self.max_length]):
+        seed = int.from_bytes(hashlib.sha256(w.encode()).digest()[:4], "little")
+        toks[i, j] = np.random.default_rng(seed).standard_normal(self.dim)
+        mask[i, j] = True
+    return toks, mask
+
+  def prefill(self, texts):
+    pass
+
+
+def tiny_config(**train):
+  c = configs.load_config_file("configs/vdm_shapes.py:runlocal=True")
+  for k, v in train.items():
+    c.train[k] = v
+  return c

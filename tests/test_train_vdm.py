@@ -1,0 +1,123 @@
+"""The video-diffusion trainer: sharded == unsharded, exact resume, accumulation, EMA, non-finite safety."""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.helpers import HashTextEncoder, tiny_config
+from vidgen_jax.data import pipeline
+from vidgen_jax.train import loop, setup, vdm
+from vidgen_jax.train import state as state_lib
+
+
+def _batch(config, enc, seed=0):
+  src = pipeline.make_source(config.data)
+  it = iter(pipeline.make_dataset(src, config.train.batch_size, seed))
+  return pipeline.attach_text(next(it), enc)
+
+
+def _run_steps(config, devices, batch, n=2):
+  enc = HashTextEncoder()
+  run = setup.build_run(config, text_encoder=enc, devices=devices)
+  state = run.init_state(0)
+  step = run.jit_train_step()
+  with run.context():
+    for _ in range(n):
+      state, metrics = step(state, pipeline.to_global(batch, run.batch_shardings()))
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_sharded_step_equals_single_device():
+  config = tiny_config()
+  batch = _batch(config, HashTextEncoder())
+  one, m1 = _run_steps(config, jax.devices()[:1], batch)
+  config8 = tiny_config()
+  config8.mesh.data, config8.mesh.fsdp, config8.mesh.tensor = 2, 2, 2
+  config8.sharding.preset = "fsdp_tensor"
+  eight, m8 = _run_steps(config8, jax.devices(), batch)
+  np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(one.ema_params), jax.tree.leaves(eight.ema_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_accumulation_averages_microbatches():
+  config = tiny_config(grad_accum=2)
+  enc = HashTextEncoder()
+  run = setup.build_run(config, text_encoder=enc, devices=jax.devices()[:1])
+  state = run.init_state(0)
+  batch = jax.tree.map(jnp.asarray, {k: v for k, v in _batch(config, enc).items() if k in run.batch_shardings()})
+  new, metrics = jax.jit(lambda s, b: vdm.train_step(s, b, model=run.model, tx=run.tx, sched=run.sched,
+                                                     config=config))(state, batch)
+  rng = state.step_key()
+  micro = [jax.tree.map(lambda x: x[i::2], batch) for i in range(2)]
+  grads = [jax.grad(vdm.loss_fn)(state.params, run.model, run.sched, config.diffusion, m, jax.random.fold_in(rng, i))
+           for i, m in enumerate(micro)]
+  avg = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+  expected = state_lib.apply_update(state, avg, run.tx, config.optim.ema_decay, jnp.array(True))
+  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_and_nonfinite_update_is_dropped():
+  import optax
+  params = {"w": jnp.ones((3,))}
+  tx = optax.sgd(1.0)
+  st = state_lib.create_state(params, tx, jax.random.key(0))
+  good = state_lib.apply_update(st, {"w": jnp.full((3,), 0.5)}, tx, 0.99, jnp.array(True))
+  np.testing.assert_allclose(good.params["w"], 0.5)
+  np.testing.assert_allclose(good.ema_params["w"], 0.1 * 1.0 + 0.9 * 0.5)   # warm-up decay 1/10 at step 0
+  bad = state_lib.apply_update(good, {"w": jnp.full((3,), jnp.nan)}, tx, 0.99, jnp.array(False))
+  np.testing.assert_array_equal(bad.params["w"], good.params["w"])
+  np.testing.assert_array_equal(bad.ema_params["w"], good.ema_params["w"])
+  assert int(bad.bad_steps) == 1 and int(bad.step) == 2
+
+
+def _tree_equal(a, b):
+  la, lb = jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
+  return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+def test_resume_is_bit_identical(tmp_path):
+  config = tiny_config(num_steps=4, ckpt_every=2, log_every=2)
+  full = loop.train(config, tmp_path / "full", text_encoder=HashTextEncoder())
+  loop.train(config, tmp_path / "split", text_encoder=HashTextEncoder(), stop_after=2)
+  assert (tmp_path / "split" / "checkpoints" / "2").is_dir()
+  resumed = loop.train(config, tmp_path / "split", text_encoder=HashTextEncoder())
+  assert int(resumed.step) == int(full.step) == 4
+  for field in ("params", "ema_params", "opt_state", "rng", "step"):
+    assert _tree_equal(getattr(full, field), getattr(resumed, field)), field
+  data = lambda d: json.loads((d / "checkpoints" / "4" / "data" / "process_0-of-1.json").read_text())
+  assert data(tmp_path / "full") == data(tmp_path / "split")
+  assert (tmp_path / "full" / "samples" / "step_4.gif").is_file()
+
+
+def test_resume_with_other_model_is_refused(tmp_path):
+  config = tiny_config(num_steps=2, ckpt_every=2, log_every=2)
+  loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder(), stop_after=1)
+  config.model.dim = 16
+  with pytest.raises(ValueError, match="model.dim"):
+    loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder())
+
+
+class _NaNEncoder(HashTextEncoder):
+  def encode(self, texts):
+    tokens, mask = super().encode(texts)
+    return np.full_like(tokens, np.nan), mask
+
+
+def test_nonfinite_loss_aborts_and_never_reaches_a_checkpoint(tmp_path):
+  config = tiny_config(num_steps=4, ckpt_every=1, log_every=1, max_bad_steps=1)
+  with pytest.raises(FloatingPointError, match="non-finite"):
+    loop.train(config, tmp_path / "nan", text_encoder=_NaNEncoder())
+  from vidgen_jax.train import checkpoint as ckpt_lib
+  ck = ckpt_lib.Checkpointer(tmp_path / "nan")
+  run = setup.build_run(config, text_encoder=HashTextEncoder(), devices=jax.devices()[:1])
+  for step in ck.all_steps():
+    st = ck.restore(run.abstract_state, step=step)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(st.params)))
+  ck.close()

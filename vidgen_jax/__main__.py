@@ -1,0 +1,5 @@
+import sys
+
+from vidgen_jax.cli import main
+
+sys.exit(main())

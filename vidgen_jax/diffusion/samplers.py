@@ -1,0 +1,113 @@
+"""Jit-friendly DDPM and DDIM samplers over a model function `model_fn(x_t, t) -> raw output`.
+
+`t` passed to the model is an int32 (B,) array of schedule indices in [0, T−1]. The step loop is a
+`lax.fori_loop`/`lax.scan`, so the model is traced once whatever the number of steps. `shape` and
+`num_steps` must be static; the schedule, rng, eta and x_T may be traced. Samples are returned in the
+model's space (here [−1, 1]); mapping to [0, 1] or uint8 is the caller's job. Typical use:
+
+  sample = jax.jit(lambda sched, rng: ddim_sample(model_fn, sched, shape, rng, num_steps=50))
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vidgen_jax.diffusion import gaussian
+from vidgen_jax.diffusion.schedules import extract
+
+
+def sampling_timesteps(num_timesteps, num_steps):
+  """Descending int32 schedule indices for a `num_steps`-step sampler.
+
+  Spacing rule: round(linspace(T−1, 0, num_steps)) (NumPy round-half-even), i.e. evenly spaced over
+  [0, T−1] including both ends (num_steps=1 gives [T−1]; num_steps=T gives every index). Indices are
+  distinct for num_steps ≤ T. The step taken at the last index (0) jumps straight to x0.
+  """
+  if not 1 <= num_steps <= num_timesteps:
+    raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
+  return np.round(np.linspace(num_timesteps - 1, 0, num_steps)).astype(np.int32)
+
+
+def _denoised_x0_eps(model_fn, sched, x, t, prediction, clip_denoised, dynamic_threshold_pct):
+  """Runs the model and returns (x0, eps); with clipping, eps is recomputed from the clipped x0."""
+  out = model_fn(x, t).astype(jnp.float32)
+  x0, eps = gaussian.model_output_to_x0_eps(sched, x, t, out, prediction)
+  if clip_denoised:
+    x0 = gaussian.clip_x0(x0, dynamic_threshold_pct)
+    eps = gaussian.predict_eps_from_x0(sched, x, t, x0)
+  return x0, eps
+
+
+def _check_threshold_args(clip_denoised, dynamic_threshold_pct):
+  if dynamic_threshold_pct is not None and not clip_denoised:
+    raise ValueError("dynamic_threshold_pct replaces the static clip and needs clip_denoised=True")
+
+
+def _initial_noise(rng, shape, x_T):
+  init_rng, loop_rng = jax.random.split(rng)
+  if x_T is None:
+    x_T = jax.random.normal(init_rng, shape, jnp.float32)
+  return jnp.asarray(x_T, jnp.float32), loop_rng
+
+
+def ddpm_sample(model_fn, sched, shape, rng, *, prediction="eps", clip_denoised=True,
+                dynamic_threshold_pct=None, x_T=None):
+  """Ancestral DDPM over all T steps (the reference's `p_sample_loop`), returning x0 of `shape`.
+
+  Each step predicts x0 (clipped to [−1, 1] or dynamically thresholded when clip_denoised), takes the
+  posterior mean of q(x_{t−1} | x_t, x0) and adds noise with the fixed small variance
+  exp(posterior_log_variance_clipped); no noise is added at t=0. x_T defaults to N(0, I) drawn from rng.
+  """
+  _check_threshold_args(clip_denoised, dynamic_threshold_pct)
+  x, loop_rng = _initial_noise(rng, shape, x_T)
+  num_timesteps = sched.num_timesteps
+
+  def step(i, x):
+    t_scalar = num_timesteps - 1 - i
+    t = jnp.full((shape[0],), t_scalar, jnp.int32)
+    x0, _ = _denoised_x0_eps(model_fn, sched, x, t, prediction, clip_denoised, dynamic_threshold_pct)
+    mean, _, log_var = gaussian.q_posterior(sched, x0, x, t)
+    noise = jax.random.normal(jax.random.fold_in(loop_rng, t_scalar), shape, jnp.float32)
+    nonzero = (t_scalar > 0).astype(jnp.float32)
+    return mean + nonzero * jnp.exp(0.5 * log_var) * noise
+
+  return jax.lax.fori_loop(0, num_timesteps, step, x)
+
+
+def _alpha_cumprod_prev(sched, t_prev, x_shape):
+  """ā at the next (smaller) index, with ā = 1 for t_prev = −1 (the final jump to x0)."""
+  ab = jnp.where(t_prev >= 0, jnp.take(sched.alphas_cumprod, jnp.maximum(t_prev, 0)), 1.0)
+  return ab.reshape(ab.shape + (1,) * (len(x_shape) - ab.ndim))
+
+
+def ddim_sample(model_fn, sched, shape, rng, *, num_steps=50, eta=0.0, prediction="eps", clip_denoised=True,
+                dynamic_threshold_pct=None, x_T=None):
+  """DDIM (Song et al.) over `sampling_timesteps(T, num_steps)`, returning x0 of `shape`.
+
+  From index t to the next index t' (ā' = 1 after the last one, so the last step returns the predicted x0):
+  x_{t'} = sqrt(ā')·x0 + sqrt(1 − ā' − σ²)·eps + σ·z with σ = eta·sqrt((1 − ā')/(1 − ā))·sqrt(1 − ā/ā').
+  eta=0 is deterministic; eta=1 with num_steps=T matches DDPM's posterior variance. With clipping, eps is
+  recomputed from the clipped x0 before the update. `num_steps` must be a Python int; eta may be traced.
+  """
+  _check_threshold_args(clip_denoised, dynamic_threshold_pct)
+  x, loop_rng = _initial_noise(rng, shape, x_T)
+  times = sampling_timesteps(sched.num_timesteps, num_steps)
+  times_prev = np.concatenate([times[1:], np.array([-1], np.int32)])
+  deterministic = isinstance(eta, (int, float)) and eta == 0
+
+  def step(x, ts):
+    t_scalar, t_prev_scalar = ts
+    t = jnp.full((shape[0],), t_scalar, jnp.int32)
+    t_prev = jnp.full((shape[0],), t_prev_scalar, jnp.int32)
+    x0, eps = _denoised_x0_eps(model_fn, sched, x, t, prediction, clip_denoised, dynamic_threshold_pct)
+    ab = extract(sched.alphas_cumprod, t, shape)
+    ab_prev = _alpha_cumprod_prev(sched, t_prev, shape)
+    x_prev = jnp.sqrt(ab_prev) * x0
+    if deterministic:
+      return x_prev + jnp.sqrt(1.0 - ab_prev) * eps, None
+    sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
+    noise = jax.random.normal(jax.random.fold_in(loop_rng, t_scalar), shape, jnp.float32)
+    dir_coef = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0))
+    return x_prev + dir_coef * eps + sigma * noise, None
+
+  x, _ = jax.lax.scan(step, x, (jnp.asarray(times), jnp.asarray(times_prev)))
+  return x

@@ -1,0 +1,137 @@
+"""Attention layers on channels-last token sequences (..., N, C).
+
+* `dot_product_attention`: the pure core. q (..., Lq, H, D) already scaled, k/v (..., Lk, H, D), optional
+  additive bias and boolean mask (True = may attend) broadcastable to (..., H, Lq, Lk); logits and softmax
+  in float32.
+* `Attention`: full self-attention with a fused bias-free `to_qkv` whose output is [q | k | v], each
+  head-major (h, d) like torch's `chunk(3)` + `'(h d)'`, so a torch Linear weight maps by transpose; optional
+  interleaved rotary embedding on the first `rotary_dim` channels of q and k (video-diffusion temporal attn).
+* `SpatialLinearAttention`: video-diffusion's linear attention (q softmax over features, k over positions).
+* `CrossAttention`: queries from video features, keys/values from text tokens plus a learned null key/value
+  that is always present, so a sample whose tokens are all masked out is still well defined.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vidgen_jax.layers import norms, position
+
+_NEG_INF = -jnp.finfo(jnp.float32).max
+
+
+def dense(features, axes, *, name, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
+          kernel_init=nn.initializers.lecun_normal()):
+  """nn.Dense whose kernel carries logical axes `axes` (in, out) and whose bias carries (out,)."""
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)))
+
+
+def dot_product_attention(q, k, v, *, bias=None, mask=None):
+  """softmax(q k^T + bias, masked) v with q (..., Lq, H, D), k/v (..., Lk, H, D) -> (..., Lq, H, Dv).
+
+  q must already carry the 1/sqrt(D) scale. Masked logits are set to -float32.max (as torch's masked_fill
+  with -finfo.max), so a fully masked row degrades to a uniform average rather than NaN.
+  """
+  # Head-major operands: XLA:CPU runs these batched matmuls ~2x faster than with heads between L and D.
+  qh, kh, vh = (jnp.swapaxes(t, -2, -3) for t in (q, k, v))
+  logits = jnp.einsum("...hqd,...hkd->...hqk", qh, kh, preferred_element_type=jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1)
+  return jnp.swapaxes(jnp.einsum("...hqk,...hkd->...hqd", probs.astype(v.dtype), vh), -2, -3)
+
+
+def _split_heads(x, parts, heads, dim_head):
+  """(..., N, parts*heads*dim_head) -> tuple of `parts` arrays (..., N, heads, dim_head)."""
+  x = x.reshape(*x.shape[:-1], parts, heads, dim_head)
+  return tuple(x[..., i, :, :] for i in range(parts))
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention over the N axis of (..., N, C); output has C channels."""
+  heads: int = 4
+  dim_head: int = 32
+  rotary_dim: int | None = None
+  rotary_theta: float = 10000.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, bias=None, mask=None):
+    inner = self.heads * self.dim_head
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    qkv = dense(3 * inner, ("embed", "heads"), name="to_qkv", **kw)(x)
+    q, k, v = _split_heads(qkv, 3, self.heads, self.dim_head)
+    q = q * (self.dim_head**-0.5)
+    if self.rotary_dim:
+      angles = position.rotary_angles(jnp.arange(x.shape[-2]), self.rotary_dim, self.rotary_theta)
+      q = position.apply_rotary(q, angles[:, None, :])
+      k = position.apply_rotary(k, angles[:, None, :])
+    out = dot_product_attention(q, k, v, bias=bias, mask=mask)
+    out = out.reshape(*x.shape[:-1], inner)
+    return dense(x.shape[-1], ("heads", "embed"), name="to_out", **kw)(out)
+
+
+class SpatialLinearAttention(nn.Module):
+  """Linear attention over N: softmax(q, features) * d^-0.5 and softmax(k, positions); out = (k^T v)^T q."""
+  heads: int = 4
+  dim_head: int = 32
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    inner = self.heads * self.dim_head
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    qkv = dense(3 * inner, ("embed", "heads"), name="to_qkv", **kw)(x)
+    q, k, v = _split_heads(qkv, 3, self.heads, self.dim_head)  # (..., N, H, D)
+    q = jax.nn.softmax(q.astype(jnp.float32), axis=-1) * (self.dim_head**-0.5)
+    k = jax.nn.softmax(k.astype(jnp.float32), axis=-3)
+    context = jnp.einsum("...nhd,...nhe->...hde", k.astype(self.dtype), v)
+    out = jnp.einsum("...hde,...nhd->...nhe", context, q.astype(self.dtype))
+    out = out.reshape(*x.shape[:-1], inner)
+    return dense(x.shape[-1], ("heads", "embed"), name="to_out", use_bias=True, **kw)(out)
+
+
+class CrossAttention(nn.Module):
+  """Queries from x (B, N, C); keys/values from [null token; context (B, L, context_dim)].
+
+  `context_mask` (B, L) bool marks real tokens (True) versus padding; the learned `null_kv`
+  (2, heads * dim_head) key/value pair is always attendable. The context is layer-normed (gain only) before
+  projection. With `zero_init_output` the output projection starts at zero, so the block starts as an
+  identity residual.
+  """
+  heads: int = 8
+  dim_head: int = 32
+  zero_init_output: bool = True
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context, context_mask=None):
+    batch, inner = x.shape[0], self.heads * self.dim_head
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    (q,) = _split_heads(dense(inner, ("embed", "heads"), name="to_q", **kw)(x), 1, self.heads, self.dim_head)
+    q = q * (self.dim_head**-0.5)
+    context = norms.ChannelLayerNorm(name="context_norm", **kw)(context)
+    k, v = _split_heads(dense(2 * inner, ("embed", "heads"), name="to_kv", **kw)(context), 2, self.heads,
+                        self.dim_head)
+    null_kv = self.param(
+        "null_kv", nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), (None, "heads")),
+        (2, inner), self.param_dtype).astype(self.dtype)
+    null_k, null_v = (
+        jnp.broadcast_to(t.reshape(1, 1, self.heads, self.dim_head), (batch, 1, self.heads, self.dim_head))
+        for t in null_kv)
+    k = jnp.concatenate([null_k, k], axis=1)
+    v = jnp.concatenate([null_v, v], axis=1)
+    mask = None
+    if context_mask is not None:
+      keep = jnp.concatenate([jnp.ones((batch, 1), bool), context_mask.astype(bool)], axis=1)
+      mask = keep[:, None, None, :]  # (B, 1, 1, 1 + L) against logits (B, H, N, 1 + L)
+    out = dot_product_attention(q, k, v, mask=mask).reshape(*x.shape[:-1], inner)
+    out_init = nn.initializers.zeros_init() if self.zero_init_output else nn.initializers.lecun_normal()
+    return dense(x.shape[-1], ("heads", "embed"), name="to_out", kernel_init=out_init, **kw)(out)

@@ -1,0 +1,302 @@
+"""The 3D U-Net of video-diffusion-pytorch 0.7.0 (Ho et al., "Video Diffusion Models"), channels-last.
+
+Same architecture and math as the reference `Unet3D` (space-only 1x3x3 convs, per-frame linear attention,
+temporal attention with rotary + a shared T5 relative position bias, full spatial attention in the middle,
+FiLM conditioning on [time embedding ; cond]), with two additions that are off by default:
+`text_token_dim` (cross-attention to text tokens after every temporal attention of the levels and the
+middle) and `remat`. Video is (B, T, H, W, C) instead of torch's (B, C, T, H, W).
+
+Differences from the reference that are deliberate:
+* `init_dim` must equal `dim` (ValueError; the reference crashes later, research/anchors_pytorch.md 1.9-a).
+* There is no RNG inside the model: condition dropout (`null_cond`) and `focus_present_mask` are passed in.
+  As in the reference, `init_temporal_attn` never sees the focus-present mask.
+* `null_cond` True also masks out every text token (only the learned null key/value remains).
+
+Torch state_dict -> Flax params (`torch_key_to_flax` implements it; `convert_torch_value` the rules).
+Prefixes: levels `downs.{i}.{s}` -> `downs_{i}_{slot}` and `ups.{i}.{s}` -> `ups_{i}_{slot}` with slots
+s = 0 resnet1, 1 resnet2, 2 spatial_attn (linear), 3 temporal_attn, 4 downsample / upsample.
+R = a ResnetBlock prefix (`downs_{i}_resnet{1,2}`, `ups_..`, `mid_block{1,2}`, `final_block`),
+A = a softmax-attention block (`init_temporal_attn`, `*_temporal_attn`, `mid_spatial_attn`),
+L = a linear-attention block (`*_spatial_attn` of the levels).
+
+Every torch `X.bias` maps to flax `X'/bias` (rule copy) beside the `X'/kernel` of its weight.
+
+  torch key (shape)                                 flax path (shape)                          rule
+  time_rel_pos_bias.relative_attention_bias.weight  time_rel_pos_bias/relative_attention_bias  copy
+  init_conv.weight (d, c, 1, k, k)                  init_conv/kernel (k, k, c, d)              conv
+  time_mlp.1.weight (4d, d)                         time_mlp/dense_in/kernel (d, 4d)           linear
+  time_mlp.3.weight (4d, 4d)                        time_mlp/dense_out/kernel (4d, 4d)         linear
+  null_cond_emb (1, cond_dim)                       null_cond_emb (1, cond_dim)                copy
+  R.mlp.1.weight (2o, 4d + cond)                    R/mlp/kernel (4d + cond, 2o)               linear
+  R.block{1,2}.proj.weight (o, i, 1, 3, 3)          R/block{1,2}/proj/kernel (3, 3, i, o)      conv
+  R.block{1,2}.norm.gamma (o, 1, 1, 1)              R/block{1,2}/norm/gamma (o,)               flatten
+  R.res_conv.weight (o, i, 1, 1, 1)                 R/res_conv/kernel (i, o)                   pointwise
+  A.fn.norm.gamma (1, c, 1, 1, 1)                   A/norm/gamma (c,)                          flatten
+  A.fn.fn.fn.to_qkv.weight (3hd, c)                 A/attn/to_qkv/kernel (c, 3hd)              linear
+  A.fn.fn.fn.to_out.weight (c, hd)                  A/attn/to_out/kernel (hd, c)               linear
+  A.fn.fn.fn.rotary_emb.freqs (min(32, d_h) // 2,)  none: recomputed from theta 10000          drop
+  L.fn.norm.gamma (1, c, 1, 1, 1)                   L/norm/gamma (c,)                          flatten
+  L.fn.fn.to_qkv.weight (3 * h * 32, c, 1, 1)       L/attn/to_qkv/kernel (c, 3 * h * 32)       pointwise
+  L.fn.fn.to_out.weight (c, h * 32, 1, 1)           L/attn/to_out/kernel (h * 32, c)           pointwise
+  downs.{i}.4.weight (c, c, 1, 4, 4)                downs_{i}_downsample/kernel (4, 4, c, c)   conv
+  ups.{i}.4.weight (ci, co, 1, 4, 4)                ups_{i}_upsample/kernel (4, 4, ci, co)     conv_transpose
+  final_conv.0.*                                    final_block/* (R rules; it has no mlp)
+  final_conv.1.weight (out, d, 1, 1, 1)             final_conv/kernel (d, out)                 pointwise
+
+Rules on a torch array w: copy = w; linear = w.T; flatten = w.reshape(-1); conv = w[:, :, 0].transpose(2, 3,
+1, 0) (kh, kw, in, out); conv_transpose = w[:, :, 0].transpose(2, 3, 0, 1) (torch stores (in, out, ...); no
+flip, `SpaceUpsample` flips); pointwise = w.reshape(w.shape[0], w.shape[1]).T. Params with no torch
+counterpart (text cross-attention `*_cross_attn/...`) keep their initialisation. Checkpoints older than
+0.7.0 (GroupNorm `norm.weight`/`norm.bias` in Block) are not covered by this table.
+"""
+import re
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from vidgen_jax.layers import conv, embeddings
+from vidgen_jax.models import unet3d_blocks as blocks
+
+_SLOTS = ("resnet1", "resnet2", "spatial_attn", "temporal_attn")
+_REL_POS_NUM_BUCKETS = 32
+_REL_POS_MAX_DISTANCE = 32
+_SPATIAL_DIM_HEAD = 32  # hard-wired in the reference for linear and mid spatial attention
+
+
+class Unet3D(nn.Module):
+  """video-diffusion-pytorch Unet3D. Call: (x (B,T,H,W,C), time (B,), cond (B, cond_dim)) -> (B,T,H,W,out).
+
+  Keyword inputs: `null_cond` (B,) bool replaces cond by the learned `null_cond_emb` and masks all text
+  tokens; `text_tokens` (B, L, text_token_dim) with `text_mask` (B, L) bool (True = real token);
+  `focus_present_mask` (B,) bool stops temporal attention (except the initial one) mixing frames.
+  Spatial sides must be divisible by 2**(len(dim_mults) - 1); any number of frames works.
+  """
+  dim: int
+  cond_dim: int | None = None
+  out_dim: int | None = None
+  dim_mults: Sequence[int] = (1, 2, 4, 8)
+  channels: int = 3
+  attn_heads: int = 8
+  attn_dim_head: int = 32
+  init_dim: int | None = None
+  init_kernel_size: int = 7
+  use_sparse_linear_attn: bool = True
+  text_token_dim: int | None = None
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  def __post_init__(self):
+    if self.init_dim is not None and self.init_dim != self.dim:
+      raise ValueError(
+          f"init_dim={self.init_dim} must equal dim={self.dim}: the final block concatenates the init "
+          "features with a dim-wide stream and expects dim * 2 channels (the reference crashes there)")
+    if self.init_kernel_size % 2 != 1:
+      raise ValueError(f"init_kernel_size must be odd, got {self.init_kernel_size}")
+    super().__post_init__()
+
+  def _check_inputs(self, x, cond, text_tokens):
+    if x.ndim != 5 or x.shape[-1] != self.channels:
+      raise ValueError(f"x must be (B, T, H, W, {self.channels}), got {x.shape}")
+    factor = 2 ** (len(self.dim_mults) - 1)
+    if x.shape[2] % factor or x.shape[3] % factor:
+      raise ValueError(f"H and W must be divisible by {factor} for dim_mults={self.dim_mults}, got {x.shape}")
+    if (self.cond_dim is None) != (cond is None):
+      raise ValueError("cond must be given exactly when cond_dim is set "
+                       f"(cond_dim={self.cond_dim}, cond given: {cond is not None})")
+    if text_tokens is not None and text_tokens.shape[-1] != (self.text_token_dim or 0):
+      raise ValueError(f"text_tokens {text_tokens.shape} need text_token_dim={self.text_token_dim} channels")
+
+  def _text_context(self, batch, text_tokens, text_mask, null_cond):
+    """Tokens (B, L, text_token_dim) and mask (B, L); absent tokens become one masked-out dummy token."""
+    if text_tokens is None:
+      text_tokens = jnp.zeros((batch, 1, self.text_token_dim), jnp.float32)
+      text_mask = jnp.zeros((batch, 1), bool)
+    elif text_mask is None:
+      text_mask = jnp.ones(text_tokens.shape[:2], bool)
+    return text_tokens.astype(self.dtype), text_mask.astype(bool) & ~null_cond[:, None]
+
+  @nn.compact
+  def __call__(self, x, time, cond=None, *, null_cond=None, text_tokens=None, text_mask=None,
+               focus_present_mask=None):
+    self._check_inputs(x, cond, text_tokens)
+    batch, frames = x.shape[:2]
+    dims = [self.dim] + [self.dim * m for m in self.dim_mults]
+    in_out = list(zip(dims[:-1], dims[1:]))
+    null_cond = jnp.zeros((batch,), bool) if null_cond is None else null_cond.astype(bool)
+
+    maybe_remat = nn.remat if self.remat else (lambda cls: cls)
+    resnet_cls = maybe_remat(blocks.ResnetBlock)
+    temporal_cls = maybe_remat(blocks.TemporalAttentionBlock)
+    spatial_cls = maybe_remat(blocks.SpatialAttentionBlock)
+    cross_cls = maybe_remat(blocks.CrossAttentionBlock)
+    rotary_dim = min(32, self.attn_dim_head)
+
+    def resnet(features, name):
+      return resnet_cls(features, dtype=self.dtype, name=name)
+
+    def temporal(name):
+      return temporal_cls(self.attn_heads, self.attn_dim_head, rotary_dim, dtype=self.dtype, name=name)
+
+    def linear_attn(name):
+      return spatial_cls(self.attn_heads, _SPATIAL_DIM_HEAD, linear=True, dtype=self.dtype, name=name)
+
+    def cross(name):
+      return cross_cls(self.attn_heads, self.attn_dim_head, dtype=self.dtype, name=name)
+
+    pos_bias = embeddings.RelativePositionBias(
+        self.attn_heads, num_buckets=_REL_POS_NUM_BUCKETS, max_distance=_REL_POS_MAX_DISTANCE,
+        name="time_rel_pos_bias")(frames)
+
+    x = blocks.constrain_video(x.astype(self.dtype))
+    k = self.init_kernel_size
+    x = conv.SpaceConv(self.dim, (k, k), padding=k // 2, dtype=self.dtype, name="init_conv")(x)
+    x = temporal("init_temporal_attn")(blocks.constrain_video(x), pos_bias, None)
+    r = x
+
+    emb = blocks.TimestepMLP(self.dim, name="time_mlp")(time)
+    if self.cond_dim is not None:
+      null_emb = self.param("null_cond_emb", nn.with_logical_partitioning(
+          nn.initializers.normal(stddev=1.0), (None, "cond")), (1, self.cond_dim), jnp.float32)
+      cond = jnp.where(null_cond[:, None], null_emb, cond.astype(jnp.float32))
+      emb = jnp.concatenate([emb, cond], axis=-1)
+
+    text = None
+    if self.text_token_dim is not None:
+      text = self._text_context(batch, text_tokens, text_mask, null_cond)
+
+    def attend(x, prefix):
+      x = temporal(f"{prefix}temporal_attn")(x, pos_bias, focus_present_mask)
+      if text is not None:
+        x = cross(f"{prefix}cross_attn")(x, *text)
+      return x
+
+    skips = []
+    for i, (_, dim_out) in enumerate(in_out):
+      x = resnet(dim_out, f"downs_{i}_resnet1")(x, emb)
+      x = resnet(dim_out, f"downs_{i}_resnet2")(x, emb)
+      if self.use_sparse_linear_attn:
+        x = linear_attn(f"downs_{i}_spatial_attn")(x)
+      x = attend(x, f"downs_{i}_")
+      skips.append(x)
+      if i < len(in_out) - 1:
+        x = blocks.constrain_video(
+            conv.SpaceDownsample(dim_out, dtype=self.dtype, name=f"downs_{i}_downsample")(x))
+
+    mid_dim = dims[-1]
+    x = resnet(mid_dim, "mid_block1")(x, emb)
+    x = spatial_cls(self.attn_heads, _SPATIAL_DIM_HEAD, dtype=self.dtype, name="mid_spatial_attn")(x)
+    x = attend(x, "mid_")
+    x = resnet(mid_dim, "mid_block2")(x, emb)
+
+    for i, (dim_in, _) in enumerate(reversed(in_out)):
+      x = jnp.concatenate([x, skips.pop()], axis=-1)
+      x = resnet(dim_in, f"ups_{i}_resnet1")(x, emb)
+      x = resnet(dim_in, f"ups_{i}_resnet2")(x, emb)
+      if self.use_sparse_linear_attn:
+        x = linear_attn(f"ups_{i}_spatial_attn")(x)
+      x = attend(x, f"ups_{i}_")
+      if i < len(in_out) - 1:
+        x = blocks.constrain_video(conv.SpaceUpsample(dim_in, dtype=self.dtype, name=f"ups_{i}_upsample")(x))
+
+    x = jnp.concatenate([x, r], axis=-1)
+    x = resnet(self.dim, "final_block")(x, None)
+    out_dim = self.channels if self.out_dim is None else self.out_dim
+    x = conv.PointwiseConv(out_dim, dtype=self.dtype, name="final_conv")(x)
+    return blocks.constrain_video(x.astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch state_dict key mapping (see the module docstring)
+
+_RESNET_RULES = (
+    (r"mlp\.1\.weight", "mlp/kernel", "linear"),
+    (r"mlp\.1\.bias", "mlp/bias", "copy"),
+    (r"block([12])\.proj\.weight", r"block\1/proj/kernel", "conv"),
+    (r"block([12])\.proj\.bias", r"block\1/proj/bias", "copy"),
+    (r"block([12])\.norm\.gamma", r"block\1/norm/gamma", "flatten"),
+    (r"res_conv\.weight", "res_conv/kernel", "pointwise"),
+    (r"res_conv\.bias", "res_conv/bias", "copy"),
+)
+_ATTN_RULES = (
+    (r"fn\.norm\.gamma", "norm/gamma", "flatten"),
+    (r"fn\.fn\.fn\.to_qkv\.weight", "attn/to_qkv/kernel", "linear"),
+    (r"fn\.fn\.fn\.to_out\.weight", "attn/to_out/kernel", "linear"),
+    (r"fn\.fn\.fn\.rotary_emb\.freqs", None, "drop"),
+)
+_LINEAR_ATTN_RULES = (
+    (r"fn\.norm\.gamma", "norm/gamma", "flatten"),
+    (r"fn\.fn\.to_qkv\.weight", "attn/to_qkv/kernel", "pointwise"),
+    (r"fn\.fn\.to_out\.weight", "attn/to_out/kernel", "pointwise"),
+    (r"fn\.fn\.to_out\.bias", "attn/to_out/bias", "copy"),
+)
+_CONV_RULES = ((r"weight", "kernel", "conv"), (r"bias", "bias", "copy"))
+_CONV_T_RULES = ((r"weight", "kernel", "conv_transpose"), (r"bias", "bias", "copy"))
+_POINTWISE_RULES = ((r"weight", "kernel", "pointwise"), (r"bias", "bias", "copy"))
+_DENSE_RULES = ((r"weight", "kernel", "linear"), (r"bias", "bias", "copy"))
+
+
+def _prefix_rules(key):
+  """Splits a torch key into (flax prefix, remainder, sub-rules)."""
+  m = re.fullmatch(r"(downs|ups)\.(\d+)\.(\d)\.(.+)", key)
+  if m:
+    kind, level, slot, rest = m.group(1), m.group(2), int(m.group(3)), m.group(4)
+    if slot == 4:
+      name = "downsample" if kind == "downs" else "upsample"
+      return f"{kind}_{level}_{name}", rest, _CONV_RULES if kind == "downs" else _CONV_T_RULES
+    rules = {0: _RESNET_RULES, 1: _RESNET_RULES, 2: _LINEAR_ATTN_RULES, 3: _ATTN_RULES}[slot]
+    return f"{kind}_{level}_{_SLOTS[slot]}", rest, rules
+  fixed = (
+      (r"(mid_block[12])\.(.+)", None, _RESNET_RULES),
+      (r"(mid_spatial_attn|mid_temporal_attn|init_temporal_attn)\.(.+)", None, _ATTN_RULES),
+      (r"(init_conv)\.(.+)", None, _CONV_RULES),
+      (r"time_mlp\.1\.(.+)", "time_mlp/dense_in", _DENSE_RULES),
+      (r"time_mlp\.3\.(.+)", "time_mlp/dense_out", _DENSE_RULES),
+      (r"final_conv\.0\.(.+)", "final_block", _RESNET_RULES),
+      (r"final_conv\.1\.(.+)", "final_conv", _POINTWISE_RULES),
+  )
+  for pattern, prefix, rules in fixed:
+    m = re.fullmatch(pattern, key)
+    if m:
+      return (m.group(1), m.group(2), rules) if prefix is None else (prefix, m.group(1), rules)
+  return None
+
+
+def torch_key_to_flax(key):
+  """torch Unet3D state_dict key -> (flax param path tuple, rule), or (None, 'drop') for recomputed buffers.
+
+  Accepts keys with or without GaussianDiffusion's `denoise_fn.` prefix. Raises KeyError for unknown keys.
+  """
+  key = key.removeprefix("denoise_fn.")
+  if key == "time_rel_pos_bias.relative_attention_bias.weight":
+    return ("time_rel_pos_bias", "relative_attention_bias"), "copy"
+  if key == "null_cond_emb":
+    return ("null_cond_emb",), "copy"
+  split = _prefix_rules(key)
+  if split is not None:
+    prefix, rest, rules = split
+    for pattern, target, rule in rules:
+      if re.fullmatch(pattern, rest):
+        if target is None:
+          return None, rule
+        return tuple(prefix.split("/")) + tuple(re.sub(pattern, target, rest).split("/")), rule
+  raise KeyError(f"no Flax counterpart for torch Unet3D key {key!r}")
+
+
+def convert_torch_value(rule, value):
+  """Applies a mapping rule from `torch_key_to_flax` to a torch array (as numpy)."""
+  w = np.asarray(value)
+  if rule == "copy":
+    return w
+  if rule == "linear":
+    return w.T
+  if rule == "flatten":
+    return w.reshape(-1)
+  if rule == "conv":
+    return w[:, :, 0].transpose(2, 3, 1, 0)
+  if rule == "conv_transpose":
+    return w[:, :, 0].transpose(2, 3, 0, 1)
+  if rule == "pointwise":
+    return w.reshape(w.shape[0], w.shape[1]).T
+  raise ValueError(f"unknown rule {rule!r}")

@@ -1,0 +1,140 @@
+"""Building blocks of the video-diffusion 3D U-Net (channels-last video (B, T, H, W, C)).
+
+Each attention block is torch's Residual(PreNorm(EinopsToAndFrom(...))): x + attn(fold(layer_norm(x))),
+with sharding constraints on both sides of the fold. Parameter names follow the torch modules (see the
+mapping table in `unet3d.py`).
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vidgen_jax.layers import attention, conv, embeddings, norms
+
+VIDEO_AXES = ("batch", "frames", "height", "width", "act_channels")
+SPATIAL_TOKEN_AXES = ("batch", "tokens", "act_channels")  # (B*T, H*W, C) or (B, T*H*W, C)
+TEMPORAL_AXES = ("batch", "frames", "act_channels")  # (B*H*W, T, C)
+
+
+def constrain_video(x):
+  return nn.with_logical_constraint(x, VIDEO_AXES)
+
+
+class Block(nn.Module):
+  """3x3 space conv -> channel RMSNorm -> optional FiLM x * (scale + 1) + shift -> SiLU."""
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, scale_shift=None):
+    x = conv.SpaceConv(self.features, (3, 3), padding=1, dtype=self.dtype, name="proj")(x)
+    x = norms.ChannelRMSNorm(dtype=self.dtype, name="norm")(x)
+    if scale_shift is not None:
+      scale, shift = scale_shift
+      x = x * (scale + 1) + shift
+    return nn.silu(x)
+
+
+class ResnetBlock(nn.Module):
+  """Two Blocks with FiLM from `emb` (B, E) on the first, plus a 1x1 residual conv when widths differ.
+
+  Called with emb=None it has no `mlp` (the U-Net's final block).
+  """
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, emb=None):
+    scale_shift = None
+    if emb is not None:
+      film = attention.dense(2 * self.features, ("embed", "mlp"), name="mlp", use_bias=True,
+                             dtype=self.dtype)(nn.silu(emb))
+      film = film[:, None, None, None, :]
+      scale_shift = (film[..., : self.features], film[..., self.features:])
+    h = Block(self.features, dtype=self.dtype, name="block1")(x, scale_shift)
+    h = Block(self.features, dtype=self.dtype, name="block2")(h)
+    if x.shape[-1] != self.features:
+      x = conv.PointwiseConv(self.features, dtype=self.dtype, name="res_conv")(x)
+    return constrain_video(h + x.astype(h.dtype))
+
+
+class TimestepMLP(nn.Module):
+  """Sinusoid(dim) -> Dense(4 dim) -> exact GELU -> Dense(4 dim), in float32 (torch `time_mlp`)."""
+  dim: int
+
+  @nn.compact
+  def __call__(self, time):
+    h = embeddings.sinusoidal_embedding(time, self.dim)
+    h = attention.dense(4 * self.dim, ("embed", "mlp"), name="dense_in", use_bias=True)(h)
+    h = nn.gelu(h, approximate=False)
+    return attention.dense(4 * self.dim, ("mlp", "embed"), name="dense_out", use_bias=True)(h)
+
+
+def _fold_space(x):
+  """(B, T, H, W, C) -> (B*T, H*W, C): every frame is a sequence of H*W tokens."""
+  b, t, h, w, c = x.shape
+  return nn.with_logical_constraint(x.reshape(b * t, h * w, c), SPATIAL_TOKEN_AXES)
+
+
+def _unfold_space(y, shape):
+  y = nn.with_logical_constraint(y, SPATIAL_TOKEN_AXES)
+  return constrain_video(y.reshape(shape[:-1] + (y.shape[-1],)))
+
+
+class TemporalAttentionBlock(nn.Module):
+  """x + Attention over frames at every pixel, with rotary, shared relative bias and focus-present mask.
+
+  pos_bias: (heads, T, T) or None. focus_present_mask: (B,) bool or None; True restricts every frame of
+  that sample to attend only to itself.
+  """
+  heads: int
+  dim_head: int
+  rotary_dim: int | None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, pos_bias=None, focus_present_mask=None):
+    b, t, h, w, c = x.shape
+    y = norms.ChannelLayerNorm(dtype=self.dtype, name="norm")(x)
+    y = jnp.transpose(y, (0, 2, 3, 1, 4)).reshape(b * h * w, t, c)
+    y = nn.with_logical_constraint(y, TEMPORAL_AXES)
+    mask = None
+    if focus_present_mask is not None:
+      per_sequence = jnp.repeat(focus_present_mask.astype(bool), h * w)
+      mask = jnp.where(per_sequence[:, None, None, None], jnp.eye(t, dtype=bool), True)
+    y = attention.Attention(self.heads, self.dim_head, rotary_dim=self.rotary_dim, dtype=self.dtype,
+                            name="attn")(y, bias=pos_bias, mask=mask)
+    y = nn.with_logical_constraint(y, TEMPORAL_AXES)
+    y = jnp.transpose(y.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
+    return constrain_video(x + constrain_video(y))
+
+
+class SpatialAttentionBlock(nn.Module):
+  """x + attention over the H*W pixels of every frame: full softmax attention or linear attention."""
+  heads: int
+  dim_head: int = 32
+  linear: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = _fold_space(norms.ChannelLayerNorm(dtype=self.dtype, name="norm")(x))
+    if self.linear:
+      y = attention.SpatialLinearAttention(self.heads, self.dim_head, dtype=self.dtype, name="attn")(y)
+    else:
+      y = attention.Attention(self.heads, self.dim_head, dtype=self.dtype, name="attn")(y)
+    return constrain_video(x + _unfold_space(y, x.shape))
+
+
+class CrossAttentionBlock(nn.Module):
+  """x + cross-attention from every (frame, pixel) of a sample to its text tokens (plus the null token)."""
+  heads: int
+  dim_head: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, tokens, token_mask):
+    b, t, h, w, c = x.shape
+    y = norms.ChannelLayerNorm(dtype=self.dtype, name="norm")(x)
+    y = nn.with_logical_constraint(y.reshape(b, t * h * w, c), SPATIAL_TOKEN_AXES)
+    y = attention.CrossAttention(self.heads, self.dim_head, dtype=self.dtype, name="attn")(
+        y, tokens, token_mask)
+    return constrain_video(x + _unfold_space(y, x.shape))

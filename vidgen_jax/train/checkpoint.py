@@ -1,0 +1,68 @@
+"""Orbax checkpoints of a run: the sharded train state, the grain iterator position and the config, together.
+
+Layout: WORKDIR/checkpoints/<step>/{state, data, config}. Restores go straight onto the target shardings
+(an abstract tree of ShapeDtypeStructs carrying NamedShardings), never through one host's memory.
+"""
+import pathlib
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from vidgen_jax import configs
+
+
+class Checkpointer:
+  """Thin wrapper over ocp.CheckpointManager for one run directory."""
+
+  def __init__(self, workdir, *, keep: int = 2, every: int = 1000):
+    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every, create=True,
+                                           enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def all_steps(self):
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, data_iter=None, config=None, *, force=False) -> bool:
+    """Saves when the interval says so (or `force`); returns whether a save started."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    if config is not None:
+      items["config"] = ocp.args.JsonSave(config.to_dict())
+    return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, abstract_state, data_iter=None, step=None):
+    """Restores the state onto the shardings carried by `abstract_state`, and the iterator in place."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_like(tree, shardings):
+  """ShapeDtypeStructs with the given shardings: the restore target for a sharded tree."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def read_config(workdir):
+  """The config a workdir was trained with (workdir/config.json)."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} a vidgen workdir (made by `vidgen train`)?")
+  return configs.from_json(path.read_text())

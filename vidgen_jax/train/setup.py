@@ -1,0 +1,90 @@
+"""Everything a video-diffusion run needs, built from its config: mesh, rules, text encoder, model, state."""
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import optax
+
+from vidgen_jax.parallel import mesh as mesh_lib
+from vidgen_jax.parallel import sharding as sharding_lib
+from vidgen_jax.text import encoder as text_lib
+from vidgen_jax.train import state as state_lib
+from vidgen_jax.train import vdm
+
+
+@dataclasses.dataclass
+class Run:
+  config: Any
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  text_encoder: Any
+  model: Any
+  sched: Any
+  tx: optax.GradientTransformation
+  lr_fn: optax.Schedule
+  state_shardings: Any
+  abstract_state: Any
+
+  def batch_shardings(self) -> dict:
+    """Shardings of the device part of a batch: leading (batch) axis over data x fsdp."""
+    ndims = {"video": 5, "text_tokens": 3, "text_mask": 2}
+    return {k: sharding_lib.batch_sharding(self.mesh, n, self.rules) for k, n in ndims.items()}
+
+  def jit_train_step(self):
+    """The jitted train step with explicit shardings; the incoming state is donated."""
+    step = functools.partial(vdm.train_step, model=self.model, tx=self.tx, sched=self.sched, config=self.config)
+    return jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings()),
+                   out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+
+  def context(self):
+    """Mesh + logical rules context for tracing steps (activates the model's sharding constraints)."""
+    return _Both(jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules))
+
+  def init_state(self, seed: int):
+    """A fresh, sharded train state: parameters are created on their devices, never whole on one host."""
+    fn = self._state_fn()
+    with self.context():
+      return jax.jit(lambda k: nn.meta.unbox(fn(k)), out_shardings=self.state_shardings)(jax.random.key(seed))
+
+  def _state_fn(self):
+    def fn(key):
+      k_init, k_train = jax.random.split(key)
+      variables = vdm.init_variables(self.model, self.config, self.text_encoder.dim, k_init)
+      return state_lib.create_state(variables, self.tx, k_train)
+    return fn
+
+
+class _Both:
+  def __init__(self, *cms):
+    self.cms = cms
+
+  def __enter__(self):
+    for cm in self.cms:
+      cm.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    for cm in reversed(self.cms):
+      cm.__exit__(*exc)
+
+
+def build_text_encoder(config):
+  t = config.text
+  return text_lib.CachedTextEncoder(text_lib.load_text_encoder(t.encoder, t.path or None, t.max_length))
+
+
+def build_run(config, *, text_encoder=None, devices=None) -> Run:
+  mesh = mesh_lib.make_mesh(config.mesh.to_dict(), devices)
+  rules = sharding_lib.get_rules(config.sharding.preset, config.sharding.extra_rules)
+  text_encoder = text_encoder or build_text_encoder(config)
+  model = vdm.build_model(config, text_encoder.dim)
+  sched = vdm.build_schedule(config)
+  tx, lr_fn = state_lib.make_optimizer(config.optim, config.train.num_steps)
+  run = Run(config, mesh, rules, text_encoder, model, sched, tx, lr_fn, None, None)
+  boxed = jax.eval_shape(run._state_fn(), jax.random.key(0))
+  run.state_shardings = sharding_lib.logical_to_sharding(boxed, mesh, rules)
+  run.abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(boxed), run.state_shardings)
+  return run

@@ -1,0 +1,113 @@
+"""Start-up validation of a video-diffusion config: every mistake reported at once, one line each."""
+import math
+
+from vidgen_jax.parallel.mesh import resolve_mesh_shape
+from vidgen_jax.parallel.sharding import SHARDING_PRESETS
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message lists every problem found."""
+
+  def __init__(self, problems):
+    self.problems = list(problems)
+    super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+def _choice(problems, name, value, allowed):
+  if value not in allowed:
+    problems.append(f"{name}={value!r}: must be one of {', '.join(map(str, allowed))}")
+
+
+def _positive(problems, name, value, allow_zero=False):
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
+    problems.append(f"{name}={value!r}: must be a {'non-negative' if allow_zero else 'positive'} number")
+
+
+def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
+  """Returns the list of problems with a video-diffusion config (empty when it can run)."""
+  p = []
+  _choice(p, "family", c.get("family"), ("vdm",))
+  d, m, t, o, s, df = c.data, c.model, c.train, c.optim, c.sample, c.diffusion
+  _choice(p, "data.source", d.source, ("moving_shapes", "folder"))
+  if d.source == "folder" and not d.folder:
+    p.append("data.folder is empty but data.source='folder': give the folder of GIF/MP4 files with captions")
+  _choice(p, "data.split", d.split, ("train", "heldout", "all"))
+  _choice(p, "data.pad", d.pad, ("zeros", "last"))
+  _positive(p, "data.num_frames", d.num_frames)
+  _positive(p, "data.num_examples", d.num_examples)
+  _choice(p, "text.encoder", c.text.encoder, ("minilm", "bert", "t5"))
+  if c.text.encoder in ("bert", "t5") and not c.text.path:
+    p.append(f"text.path is empty but text.encoder={c.text.encoder!r} needs a checkpoint directory")
+  _positive(p, "text.max_length", c.text.max_length)
+
+  levels = len(m.dim_mults)
+  _positive(p, "model.patch_size", m.patch_size)
+  if levels < 1:
+    p.append("model.dim_mults must have at least one level")
+  elif m.patch_size >= 1 and d.image_size % (m.patch_size * 2 ** (levels - 1)):
+    p.append(f"data.image_size={d.image_size} must be divisible by model.patch_size * 2**(len(model.dim_mults)-1)"
+             f"={m.patch_size * 2 ** (levels - 1)} (the U-Net halves it {levels - 1} times)")
+  _positive(p, "model.dim", m.dim)
+  if m.init_kernel_size % 2 == 0:
+    p.append(f"model.init_kernel_size={m.init_kernel_size} must be odd")
+
+  _choice(p, "diffusion.schedule", df.schedule, ("cosine", "linear"))
+  _choice(p, "diffusion.prediction", df.prediction, ("eps", "v", "x0"))
+  _choice(p, "diffusion.loss", df.loss, ("l1", "l2"))
+  _positive(p, "diffusion.timesteps", df.timesteps)
+  for name in ("cfg_drop_prob", "prob_focus_present"):
+    v = df[name]
+    if not 0.0 <= v <= 1.0:
+      p.append(f"diffusion.{name}={v}: must be a probability in [0, 1]")
+
+  _choice(p, "sample.sampler", s.sampler, ("ddim", "ddpm"))
+  if not 1 <= s.steps <= df.timesteps:
+    p.append(f"sample.steps={s.steps}: must be between 1 and diffusion.timesteps={df.timesteps}")
+  if s.cond_scale < 0:
+    p.append(f"sample.cond_scale={s.cond_scale}: must be >= 0")
+  if not s.prompts:
+    p.append("sample.prompts is empty")
+
+  _positive(p, "optim.lr", o.lr)
+  _positive(p, "optim.warmup_steps", o.warmup_steps, allow_zero=True)
+  _choice(p, "optim.decay", o.decay, ("cosine", "constant"))
+  _positive(p, "optim.grad_clip", o.grad_clip, allow_zero=True)
+  if not 0.0 <= o.ema_decay < 1.0:
+    p.append(f"optim.ema_decay={o.ema_decay}: must be in [0, 1)")
+
+  _positive(p, "train.num_steps", t.num_steps)
+  _positive(p, "train.grad_accum", t.grad_accum)
+  for name in ("log_every", "ckpt_every", "keep_ckpts"):
+    _positive(p, f"train.{name}", t[name])
+  _positive(p, "train.sample_every", t.sample_every, allow_zero=True)
+  _choice(p, "train.compute_dtype", t.compute_dtype, ("float32", "bfloat16"))
+
+  _choice(p, "sharding.preset", c.sharding.preset, tuple(SHARDING_PRESETS))
+  try:
+    shape = dict(zip(("data", "fsdp", "tensor"), resolve_mesh_shape(c.mesh.to_dict(), num_devices)))
+  except ValueError as e:
+    p.append(str(e))
+  else:
+    batch_ways = shape["data"] * shape["fsdp"]
+    micro = t.batch_size // max(t.grad_accum, 1)
+    if t.batch_size % max(t.grad_accum, 1):
+      p.append(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
+    elif micro % batch_ways:
+      p.append(f"train.batch_size/grad_accum={micro} must be divisible by mesh data*fsdp={batch_ways}")
+    if t.batch_size % num_processes:
+      p.append(f"train.batch_size={t.batch_size} must be divisible by the {num_processes} processes")
+    if shape["tensor"] > 1 and m.attn_heads % shape["tensor"]:
+      p.append(f"model.attn_heads={m.attn_heads} must be divisible by mesh.tensor={shape['tensor']}")
+  return p
+
+
+def validate_vdm(c, num_devices: int, num_processes: int = 1):
+  problems = vdm_problems(c, num_devices, num_processes)
+  if problems:
+    raise ConfigError(problems)
+  return c
+
+
+def describe_mesh(c, num_devices):
+  shape = resolve_mesh_shape(c.mesh.to_dict(), num_devices)
+  return " x ".join(f"{a}={n}" for a, n in zip(("data", "fsdp", "tensor"), shape)) + f" ({math.prod(shape)} devices)"
