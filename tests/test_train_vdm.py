@@ -13,6 +13,9 @@ from vidgen_jax.train import loop, setup, vdm
 from vidgen_jax.train import state as state_lib
 
 
+ONE = jax.devices()[:1]   # loop tests run on one device; sharding is covered by the step test above
+
+
 def _batch(config, enc, seed=0):
   src = pipeline.make_source(config.data)
   it = iter(pipeline.make_dataset(src, config.train.batch_size, seed))
@@ -53,12 +56,17 @@ def test_gradient_accumulation_averages_microbatches():
   batch = jax.tree.map(jnp.asarray, {k: v for k, v in _batch(config, enc).items() if k in run.batch_shardings()})
   new, metrics = jax.jit(lambda s, b: vdm.train_step(s, b, model=run.model, tx=run.tx, sched=run.sched,
                                                      config=config))(state, batch)
-  rng = state.step_key()
-  micro = [jax.tree.map(lambda x: x[i::2], batch) for i in range(2)]
-  grads = [jax.grad(vdm.loss_fn)(state.params, run.model, run.sched, config.diffusion, m, jax.random.fold_in(rng, i))
-           for i, m in enumerate(micro)]
-  avg = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
-  expected = state_lib.apply_update(state, avg, run.tx, config.optim.ema_decay, jnp.array(True))
+
+  @jax.jit
+  def by_hand(state, batch):
+    rng = state.step_key()
+    grads = [jax.grad(vdm.loss_fn)(state.params, run.model, run.sched, config.diffusion,
+                                   jax.tree.map(lambda x: x[i::2], batch), jax.random.fold_in(rng, i))
+             for i in range(2)]
+    avg = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+    return state_lib.apply_update(state, avg, run.tx, config.optim.ema_decay, jnp.array(True))
+
+  expected = by_hand(state, batch)
   for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -84,10 +92,10 @@ def _tree_equal(a, b):
 
 def test_resume_is_bit_identical(tmp_path):
   config = tiny_config(num_steps=4, ckpt_every=2, log_every=2)
-  full = loop.train(config, tmp_path / "full", text_encoder=HashTextEncoder())
-  loop.train(config, tmp_path / "split", text_encoder=HashTextEncoder(), stop_after=2)
+  full = loop.train(config, tmp_path / "full", text_encoder=HashTextEncoder(), devices=ONE)
+  loop.train(config, tmp_path / "split", text_encoder=HashTextEncoder(), devices=ONE, stop_after=2)
   assert (tmp_path / "split" / "checkpoints" / "2").is_dir()
-  resumed = loop.train(config, tmp_path / "split", text_encoder=HashTextEncoder())
+  resumed = loop.train(config, tmp_path / "split", text_encoder=HashTextEncoder(), devices=ONE)
   assert int(resumed.step) == int(full.step) == 4
   for field in ("params", "ema_params", "opt_state", "rng", "step"):
     assert _tree_equal(getattr(full, field), getattr(resumed, field)), field
@@ -98,10 +106,10 @@ def test_resume_is_bit_identical(tmp_path):
 
 def test_resume_with_other_model_is_refused(tmp_path):
   config = tiny_config(num_steps=2, ckpt_every=2, log_every=2)
-  loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder(), stop_after=1)
+  loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder(), devices=ONE, stop_after=1)
   config.model.dim = 16
   with pytest.raises(ValueError, match="model.dim"):
-    loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder())
+    loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder(), devices=ONE)
 
 
 class _NaNEncoder(HashTextEncoder):
@@ -113,7 +121,7 @@ class _NaNEncoder(HashTextEncoder):
 def test_nonfinite_loss_aborts_and_never_reaches_a_checkpoint(tmp_path):
   config = tiny_config(num_steps=4, ckpt_every=1, log_every=1, max_bad_steps=1)
   with pytest.raises(FloatingPointError, match="non-finite"):
-    loop.train(config, tmp_path / "nan", text_encoder=_NaNEncoder())
+    loop.train(config, tmp_path / "nan", text_encoder=_NaNEncoder(), devices=ONE)
   from vidgen_jax.train import checkpoint as ckpt_lib
   ck = ckpt_lib.Checkpointer(tmp_path / "nan")
   run = setup.build_run(config, text_encoder=HashTextEncoder(), devices=jax.devices()[:1])

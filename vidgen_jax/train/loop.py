@@ -96,35 +96,43 @@ def train(config, workdir, *, devices=None, stop_after: int | None = None, text_
   progress = Progress(start_step=step, total_steps=total)
   end = total if stop_after is None else min(total, step + stop_after)
 
-  with _Preemption() as preempt, run.context():
-    while step < end and not preempt.requested:
-      batch = pipeline.to_global(pipeline.attach_text(next(data_iter), run.text_encoder), batch_sh)
-      state, metrics = step_fn(state, batch)
-      step += 1
-      if step % config.train.log_every == 0 or step == end:
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        bad = int(jax.device_get(state.bad_steps))
-        if bad > config.train.max_bad_steps:
-          raise FloatingPointError(f"{bad} consecutive steps with a non-finite loss or gradient at step "
-                                   f"{step}; the last good state is in the latest checkpoint")
-        m["lr"] = float(run.lr_fn(step))
-        log.info(progress.update(step, m))
-        if writer:
-          writer.scalars(step, {**m, "steps_per_s": progress.rate()})
-      if config.train.sample_every and step % config.train.sample_every == 0 and step < total:
+  try:
+    with _Preemption() as preempt, run.context():
+      while step < end and not preempt.requested:
+        batch = pipeline.to_global(pipeline.attach_text(next(data_iter), run.text_encoder), batch_sh)
+        state, metrics = step_fn(state, batch)
+        step += 1
+        if step % config.train.log_every == 0 or step == end:
+          _report(run, state, metrics, step, progress, writer)
+        if config.train.sample_every and step % config.train.sample_every == 0 and step < total:
+          write_samples(run, state, workdir, step, writer)
+        ckpt.save(step, state, data_iter, config)
+      if preempt.requested:
+        log.warning("%s received: saving a checkpoint at step %d and exiting", preempt.requested, step)
+      if step not in ckpt.all_steps():
+        ckpt.save(step, state, data_iter, config, force=True)
+      ckpt.wait()
+      if step >= total and not preempt.requested:
         write_samples(run, state, workdir, step, writer)
-      ckpt.save(step, state, data_iter, config)
-    if preempt.requested:
-      log.warning("%s received: saving a checkpoint at step %d and exiting", preempt.requested, step)
-    if step not in ckpt.all_steps():
-      ckpt.save(step, state, data_iter, config, force=True)
-  ckpt.close()
-  if step >= total and not preempt.requested:
-    write_samples(run, state, workdir, step, writer)
-  if writer:
-    writer.close()
+  finally:
+    ckpt.close()
+    if writer:
+      writer.close()
   log.info("done at step %d in %.1fs", step, time.time() - t_start)
   return state
+
+
+def _report(run, state, metrics, step, progress, writer):
+  """Host-side logging every log_every steps; aborts on too many consecutive non-finite steps."""
+  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  bad = int(jax.device_get(state.bad_steps))
+  if bad > run.config.train.max_bad_steps:
+    raise FloatingPointError(f"{bad} consecutive steps with a non-finite loss or gradient at step {step}; "
+                             "no non-finite update was applied, the latest checkpoint holds the last good state")
+  m["lr"] = float(run.lr_fn(step))
+  log.info(progress.update(step, m))
+  if writer:
+    writer.scalars(step, {**m, "steps_per_s": progress.rate()})
 
 
 def write_samples(run, state, workdir, step, writer=None, seed=0):
