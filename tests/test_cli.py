@@ -73,3 +73,32 @@ def test_clear_errors(workdir, tmp_path):
   cfg = _vidgen("train", "--config", "configs/vdm_shapes.py:runlocal=True", "--workdir", str(tmp_path / "w"),
                 "--config.diffusion.prediction=score", check=False)
   assert cfg.returncode == 2 and "diffusion.prediction='score'" in cfg.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
+  import signal
+  import time
+  wd = tmp_path / "term"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(XLA_FLAGS="--xla_backend_optimization_level=0", JAX_COMPILATION_CACHE_DIR=_CACHE,
+             PYTHONUNBUFFERED="1")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "vidgen_jax", "train", "--config", "configs/vdm_shapes.py:runlocal=True",
+       "--workdir", str(wd), "--config.train.num_steps=100000", "--config.train.log_every=1",
+       "--config.train.ckpt_every=100000"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+  deadline = time.time() + 300
+  for line in proc.stdout:
+    lines.append(line)
+    if "step " in line and "/100000" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+    assert time.time() < deadline, "".join(lines)
+  rest, _ = proc.communicate(timeout=300)
+  log = "".join(lines) + rest
+  assert proc.returncode == 0, log
+  assert "SIGTERM received: saving a checkpoint" in log
+  steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps and 1 <= steps[-1] < 100000
+  assert not (wd / "samples").exists()          # interrupted runs do not pretend to be finished

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 LAUNCH = pathlib.Path(__file__).resolve().parent.parent / 'launch'
-SCRIPTS = ('local.sh', 'setup_env.sh', 'tpu_pod.sh', 'gpu.sh')
+SCRIPTS = ('local.sh', 'setup_env.sh', 'tpu_pod.sh', 'gpu.sh', 'demo.sh', 'test.sh')
 
 _STUB = '#!/usr/bin/env bash\necho "$(basename "$0") $*" >> "$STUB_LOG"\n'
 _ENV_STUB = ('#!/usr/bin/env bash\necho "$(basename "$0") $* | '

@@ -90,10 +90,24 @@ def main(argv=None) -> int:
   return 1
 
 
+def _init_distributed():
+  """jax.distributed.initialize(): auto-detected on TPU pods, Slurm and Open MPI; elsewhere (multi-node GPU)
+  from COORDINATOR_ADDRESS, NUM_PROCESSES and PROCESS_ID as exported by launch/gpu.sh."""
+  import jax
+  env = os.environ
+  kwargs = {}
+  if env.get("COORDINATOR_ADDRESS"):
+    kwargs["coordinator_address"] = env["COORDINATOR_ADDRESS"]
+  if env.get("NUM_PROCESSES"):
+    kwargs["num_processes"] = int(env["NUM_PROCESSES"])
+  if env.get("PROCESS_ID"):
+    kwargs["process_id"] = int(env["PROCESS_ID"])
+  jax.distributed.initialize(**kwargs)
+
+
 def _train(args, overrides) -> int:
   if args.multihost:
-    import jax
-    jax.distributed.initialize()
+    _init_distributed()
   from vidgen_jax import configs
   from vidgen_jax.train import loop
   config = configs.apply_overrides(configs.load_config_file(args.config), overrides)
