@@ -17,7 +17,13 @@ class Checkpointer:
 
   def __init__(self, workdir, *, keep: int = 2, every: int = 1000):
     self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every, create=True,
+    # Every `every` steps, plus whenever JAX's preemption notice reaches every host (TPU maintenance events);
+    # no "initial" save of step 1, which Orbax's default policy would add.
+    policy = ocp.checkpoint_managers.AnySavePolicy([
+        ocp.checkpoint_managers.FixedIntervalPolicy(every),
+        ocp.checkpoint_managers.PreemptionCheckpointingPolicy(),
+    ])
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_decision_policy=policy, create=True,
                                            enable_async_checkpointing=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
