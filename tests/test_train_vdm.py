@@ -1,6 +1,5 @@
 """The video-diffusion trainer: sharded == unsharded, exact resume, accumulation, EMA, non-finite safety."""
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
