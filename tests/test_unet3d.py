@@ -436,3 +436,18 @@ def test_sharding_constraints_under_a_mesh_change_nothing(text_model):
   assert lowered.as_text().count("sharding_constraint") > 50
   mask = np.ones((B, L), bool)
   np.testing.assert_allclose(np.asarray(sharded), np.asarray(run(params, inp["x"], mask=mask)), atol=1e-5)
+
+
+def test_absolute_frame_embedding_is_optional_and_breaks_time_shift_symmetry():
+  model, params, inp = _setup(dict(TINY, max_frames_embedding=6))
+  assert params["frame_emb"].shape == (6, TINY["dim"])
+  x = np.repeat(inp["x"][:, :1], T, axis=1)               # the same frame T times
+  out = np.asarray(jax.jit(model.apply)({"params": params}, x, inp["time"]))
+  assert np.abs(out[:, 0] - out[:, 1]).max() > 1e-3       # frames now differ by their absolute index
+  params["frame_emb"] = jnp.zeros_like(params["frame_emb"])
+  plain = Unet3D(**TINY)
+  no_emb = {k: v for k, v in params.items() if k != "frame_emb"}
+  np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, x, inp["time"]),
+                             jax.jit(plain.apply)({"params": no_emb}, x, inp["time"]), atol=1e-5)
+  with pytest.raises(ValueError, match="max_frames_embedding"):
+    Unet3D(**dict(TINY, max_frames_embedding=2)).init(jax.random.key(0), inp["x"], inp["time"])

@@ -86,6 +86,10 @@ class Unet3D(nn.Module):
   text_token_dim: int | None = None
   dtype: Any = jnp.float32
   remat: bool = False
+  # Our addition, off by default (reference layout): a learned embedding of each frame's absolute index,
+  # added after init_conv, so that FiLM's per-channel text signal can act differently on each frame. The
+  # reference only has relative temporal positions (rotary + T5 bias). Value = the largest frame count.
+  max_frames_embedding: int | None = None
 
   def __post_init__(self):
     if self.init_dim is not None and self.init_dim != self.dim:
@@ -152,6 +156,13 @@ class Unet3D(nn.Module):
     x = blocks.constrain_video(x.astype(self.dtype))
     k = self.init_kernel_size
     x = conv.SpaceConv(self.dim, (k, k), padding=k // 2, dtype=self.dtype, name="init_conv")(x)
+    if self.max_frames_embedding is not None:
+      if frames > self.max_frames_embedding:
+        raise ValueError(f"{frames} frames exceed max_frames_embedding={self.max_frames_embedding}")
+      table = self.param("frame_emb", nn.with_logical_partitioning(
+          nn.initializers.normal(stddev=0.02), (None, "embed")), (self.max_frames_embedding, self.dim),
+          jnp.float32)
+      x = x + table[:frames].astype(self.dtype)[None, :, None, None, :]
     x = temporal("init_temporal_attn")(blocks.constrain_video(x), pos_bias, None)
     r = x
 
