@@ -12,14 +12,14 @@ import signal
 import time
 
 import jax
-import numpy as np
 
 from vidgen_jax import configs
 from vidgen_jax.data import pipeline
 from vidgen_jax.io import video as video_io
+from vidgen_jax.sample import generate
 from vidgen_jax.train import checkpoint as ckpt_lib
 from vidgen_jax.train import setup as setup_lib
-from vidgen_jax.train import validation, vdm
+from vidgen_jax.train import validation
 from vidgen_jax.train.progress import Progress, MetricWriter
 
 log = logging.getLogger("vidgen.train")
@@ -138,11 +138,7 @@ def _report(run, state, metrics, step, progress, writer):
 def write_samples(run, state, workdir, step, writer=None, seed=0):
   """Samples config.sample.prompts with the EMA parameters into workdir/samples/step_<N>.{gif,npz}."""
   prompts = list(run.config.sample.prompts)
-  tokens, mask = run.text_encoder.encode(prompts)
-  sample_fn = vdm.make_sample_fn(run.model, run.sched, run.config)
-  with run.context():
-    videos = sample_fn(state.ema_params, jax.random.key(seed), tokens, mask)
-  videos = video_io.to_uint8(np.asarray(jax.device_get(videos)))
+  videos = generate.Generator(run, state.ema_params, step).generate(prompts, seed=seed)
   if jax.process_index() != 0:
     return videos
   out = pathlib.Path(workdir) / "samples"

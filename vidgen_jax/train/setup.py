@@ -1,4 +1,5 @@
 """Everything a video-diffusion run needs, built from its config: mesh, rules, text encoder, model, state."""
+import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -40,7 +41,10 @@ class Run:
 
   def context(self):
     """Mesh + logical rules context for tracing steps (activates the model's sharding constraints)."""
-    return _Both(jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules))
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
 
   def init_state(self, seed: int):
     """A fresh, sharded train state: parameters are created on their devices, never whole on one host."""
@@ -54,20 +58,6 @@ class Run:
       variables = vdm.init_variables(self.model, self.config, self.text_encoder.dim, k_init)
       return state_lib.create_state(variables, self.tx, k_train)
     return fn
-
-
-class _Both:
-  def __init__(self, *cms):
-    self.cms = cms
-
-  def __enter__(self):
-    for cm in self.cms:
-      cm.__enter__()
-    return self
-
-  def __exit__(self, *exc):
-    for cm in reversed(self.cms):
-      cm.__exit__(*exc)
 
 
 def build_text_encoder(config):

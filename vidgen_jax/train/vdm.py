@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from vidgen_jax.diffusion import gaussian, guidance, losses, samplers, schedules
 from vidgen_jax.models import patched
@@ -101,16 +102,12 @@ def train_step(state: state_lib.TrainState, batch, *, model, tx, sched, config):
     zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
     (loss, grads), _ = jax.lax.scan(body, zero, (_microbatches(batch, accum), jnp.arange(accum)))
     loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
-  grad_norm = optax_global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   new_state = state_lib.apply_update(state, grads, tx, config.optim.ema_decay, ok)
-  metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax_global_norm(new_state.params),
+  metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(new_state.params),
              "finite": ok}
   return new_state, metrics
-
-
-def optax_global_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def sample(params, rng, text_tokens, text_mask, *, model, sched, config, num_frames=None, image_size=None,
