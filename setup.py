@@ -19,6 +19,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["vidgen_jax", "vidgen_jax.*"]),
+    # The shapes evaluator's weights ship with the package so every evaluation uses the same network.
+    package_data={"vidgen_jax": ["eval/assets/*.safetensors"]},
     install_requires=_requirements(),
     extras_require={
         # Reference checks against HF transformers' Flax classes (4.x is the last line with Flax).

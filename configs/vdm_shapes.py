@@ -75,6 +75,11 @@ def get_config(arg=None):
   # >0: learned absolute frame-index embedding (our addition); 0 = off. Measured on the demo: final loss
   # 0.011 vs 0.02, but motion-from-text unchanged (13% vs 11%), so it stays off.
   c.model.max_frames_embedding = 0
+  # >0: hidden width of a per-token MLP whose masked mean is added to the pooled FiLM condition (our
+  # addition); 0 = the reference's raw pooled embedding only. Measured on the demo (256, 2000 steps): motion
+  # still at chance (heuristic read-out 7% seen, 12.5% held-out); the samples barely move at all, so the
+  # bottleneck is learning motion, not separating the prompts. Off until it is shown to help.
+  c.model.text_cond_mlp = v.get("text_cond_mlp", 0)
   c.model.remat = False             # rematerialise blocks in the backward pass (memory for compute)
 
   c.diffusion = ConfigDict()

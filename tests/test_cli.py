@@ -28,7 +28,7 @@ def _vidgen(*args, check=True):
 def workdir(tmp_path_factory):
   wd = tmp_path_factory.mktemp("cli") / "run"
   _vidgen("train", "--config", "configs/vdm_shapes.py:runlocal=True", "--workdir", str(wd),
-          "--config.train.num_steps=2", "--config.train.ckpt_every", "2")
+          "--config.train.num_steps=2", "--config.train.ckpt_every", "2", "--config.data.num_frames=8")
   return wd
 
 
@@ -45,7 +45,7 @@ def test_sample_npz_and_gif(workdir, tmp_path):
   _vidgen("sample", "--workdir", str(workdir), "--prompt", "a red circle moving left", "--prompt",
           "a blue square growing", "--num-samples", "2", "--seed", "3", "--out", str(npz), "--steps", "3")
   data = np.load(npz)
-  assert data["videos"].shape == (4, 4, 16, 16, 3) and data["videos"].dtype == np.uint8
+  assert data["videos"].shape == (4, 8, 16, 16, 3) and data["videos"].dtype == np.uint8
   assert list(data["prompts"]) == ["a red circle moving left"] * 2 + ["a blue square growing"] * 2
   again = tmp_path / "again.npz"
   _vidgen("sample", "--workdir", str(workdir), "--prompt", "a red circle moving left", "--prompt",
@@ -59,10 +59,18 @@ def test_sample_npz_and_gif(workdir, tmp_path):
 
 def test_eval_writes_metrics(workdir):
   out = _vidgen("eval", "--workdir", str(workdir), "--num-samples", "1", "--steps", "2")
-  metrics = json.loads(out.stdout)
-  assert metrics["seen"]["n"] == 24 and metrics["heldout"]["n"] == 14
-  assert (pathlib.Path(metrics["dir"]) / "metrics.json").is_file()
-  assert (pathlib.Path(metrics["dir"]) / "grid.gif").is_file()
+  out_dir = workdir / "eval" / "step_2"
+  assert f"wrote {out_dir}/metrics.json" in out.stdout
+  metrics = json.loads((out_dir / "metrics.json").read_text())
+  scores = metrics["scores"]
+  assert set(scores) == {"generated", "real", "noise", "frozen", "reversed"}
+  assert scores["generated"]["seen"]["num"] == 24 and scores["generated"]["heldout"]["num"] == 14
+  assert scores["real"]["all"]["colour"] >= 0.9 and scores["noise"]["all"]["joint"] <= 0.1
+  for name in ("grid.png", "grid.gif", "samples.npz", "readings.json"):
+    assert (out_dir / name).is_file()
+  again = _vidgen("eval", "--workdir", str(workdir), "--num-samples", "1", "--steps", "2")
+  assert json.loads((out_dir / "metrics.json").read_text())["scores"] == scores   # reproducible from the seed
+  assert again.returncode == 0
 
 
 def test_clear_errors(workdir, tmp_path):

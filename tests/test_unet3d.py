@@ -451,3 +451,21 @@ def test_absolute_frame_embedding_is_optional_and_breaks_time_shift_symmetry():
                              jax.jit(plain.apply)({"params": no_emb}, x, inp["time"]), atol=1e-5)
   with pytest.raises(ValueError, match="max_frames_embedding"):
     Unet3D(**dict(TINY, max_frames_embedding=2)).init(jax.random.key(0), inp["x"], inp["time"])
+
+
+def test_text_cond_mlp_pools_real_tokens_into_film_and_respects_null_cond():
+  cfg = dict(TEXT_CFG, cross_attention=False, text_cond_mlp=16)
+  model, params, inp = _setup(cfg, seed=2)
+  assert "text_cond_mlp" in params and not any(k.endswith("cross_attn") for k in params)
+  mask = np.array([[True, True, False], [True, True, True]])
+  apply = jax.jit(lambda p, tokens, null: model.apply({"params": p}, inp["x"], inp["time"], inp["cond"],
+                                                      null_cond=null, text_tokens=tokens, text_mask=mask))
+  null = np.array([True, False])
+  base = np.asarray(apply(params, inp["tokens"], null))
+  padded = inp["tokens"].copy()
+  padded[0, 2] = padded[1, 0] = 40.0   # a padding token of sample 0 and a real token of sample 1
+  out = np.asarray(apply(params, padded, null))
+  np.testing.assert_allclose(out[0], base[0], atol=1e-5)   # null condition: tokens ignored
+  assert np.abs(out[1] - base[1]).max() > 1e-3             # real token changed: the output follows
+  with pytest.raises(ValueError, match="text_cond_mlp"):
+    Unet3D(dim=8, dim_mults=(1,), text_cond_mlp=8)

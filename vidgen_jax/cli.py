@@ -3,6 +3,8 @@
   vidgen train  --config configs/<file>.py[:args] --workdir DIR [--config.key=value ...] [--multihost]
   vidgen sample --workdir DIR --prompt "a red circle moving left" [--prompt ...] --num-samples N --seed S --out FILE
   vidgen eval   --workdir DIR [--num-samples N] [--seed S]
+  vidgen evaluator train [--out FILE] [--steps N]    rebuild the shapes evaluator (deterministic)
+  vidgen evaluator test [--weights FILE]             its accuracy on held-out real clips
 """
 import argparse
 import logging
@@ -42,7 +44,19 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("--workdir", required=True)
   e.add_argument("--num-samples", type=int, default=None, help="samples per prompt (default: config)")
   e.add_argument("--seed", type=int, default=0)
+  e.add_argument("--sweep", default=None, metavar="NAME=V1,V2,...",
+                 help="evaluate once per value of cond_scale or steps; writes eval/sweep_NAME.{json,png}")
   _sampling_flags(e)
+
+  v = sub.add_parser("evaluator", help="the shapes evaluator network that `eval` scores videos with")
+  vsub = v.add_subparsers(dest="action", required=True)
+  vt = vsub.add_parser("train", help="train it from scratch on procedural clips (deterministic)")
+  vt.add_argument("--out", default=None, help="weights file (default: the packaged asset)")
+  vt.add_argument("--steps", type=int, default=None)
+  vt.add_argument("--seed", type=int, default=0)
+  vx = vsub.add_parser("test", help="accuracy on held-out real clips")
+  vx.add_argument("--weights", default=None, help="weights file (default: the packaged asset)")
+  vx.add_argument("--num", type=int, default=2000, help="clips per test set")
   return p
 
 
@@ -84,6 +98,8 @@ def main(argv=None) -> int:
       return _sample(args)
     if args.command == "eval":
       return _eval(args)
+    if args.command == "evaluator":
+      return _evaluator(args)
   except (ValueError, FileNotFoundError) as e:
     print(f"vidgen {args.command}: error: {e}", file=sys.stderr)
     return 2
@@ -137,11 +153,43 @@ def _sample(args) -> int:
 
 def _eval(args) -> int:
   from vidgen_jax.eval import run_eval
+  if args.sweep:
+    name, sep, values = args.sweep.partition("=")
+    if not sep or not values:
+      raise ValueError(f"--sweep {args.sweep!r}: expected NAME=V1,V2,..., e.g. cond_scale=1,3,6")
+    sampling = dict(sampler=args.sampler, steps=args.steps, cond_scale=args.cond_scale)
+    sampling.pop(name, None)
+    result = run_eval.sweep(args.workdir, name, values.split(","), num_samples=args.num_samples,
+                            seed=args.seed, step=args.step, fps=args.fps, **sampling)
+    for r in result["rows"]:
+      g = {s: r[f"generated/{s}"] for s in ("seen", "heldout")}
+      print(f"{name}={r[name]:g}: joint seen {g['seen']['joint']:.0%} held-out {g['heldout']['joint']:.0%} | "
+            f"FED seen {g['seen']['fed']:.1f} held-out {g['heldout']['fed']:.1f}")
+    print("wrote " + " and ".join(result["files"]))
+    return 0
   metrics = run_eval.evaluate_workdir(args.workdir, num_samples=args.num_samples, seed=args.seed,
                                       step=args.step, sampler=args.sampler, steps=args.steps,
                                       cond_scale=args.cond_scale, fps=args.fps)
+  print(run_eval.headline(metrics))
+  print(f"wrote {metrics['dir']}/metrics.json and grid.png")
+  return 0
+
+
+def _evaluator(args) -> int:
   import json
-  print(json.dumps(metrics, indent=1))
+  from vidgen_jax.eval import evaluator as ev
+  from vidgen_jax.eval import evaluator_train
+  if args.action == "train":
+    kwargs = {"seed": args.seed}
+    if args.steps is not None:
+      if args.steps < 1:
+        raise ValueError("--steps must be at least 1")
+      kwargs["steps"] = args.steps
+    meta = evaluator_train.build(args.out or ev.ASSET, **kwargs)
+    print(json.dumps(meta["accuracy"], indent=1))
+    return 0
+  evaluator = ev.load(args.weights) if args.weights else ev.default_evaluator()
+  print(json.dumps(evaluator_train.report(evaluator, args.num), indent=1))
   return 0
 
 

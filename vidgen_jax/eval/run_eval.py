@@ -1,8 +1,14 @@
-"""`vidgen eval`: sample a fixed prompt set (seen and held-out combinations) and score the samples.
+"""`vidgen eval`: sample a fixed prompt set (seen and held-out combinations) and score it with the evaluator.
 
-Writes WORKDIR/eval/step_<N>/{samples.npz, grid.gif, metrics.json}. The samples are reproducible from the
-seed. Scores come from the analytic read-out in eval/heuristics.py (colour and translation/scale motion);
-they are reported separately for seen and held-out prompt combinations.
+Writes WORKDIR/eval/step_<N>[_<tag>]/{metrics.json, grid.png, samples.npz, grid.gif} and logs the metrics to
+the workdir's TensorBoard under eval/. Reproducible from the seed. Every number comes with its ceiling and
+floors, computed on the same prompts at the same set size:
+  real      procedurally rendered clips of the prompts (what a perfect generator would score)
+  noise     uniform random pixels
+  frozen    the real clips' first frame repeated
+  reversed  the real clips played backwards (right colour and shape, opposite motion)
+The Fréchet evaluator distance (FED) of every set is measured against a separate, larger real set of the same
+prompts (REFERENCE_PER_PROMPT clips each).
 """
 import json
 import pathlib
@@ -11,10 +17,14 @@ import time
 import numpy as np
 
 from vidgen_jax.data import moving_shapes
-from vidgen_jax.eval import heuristics
+from vidgen_jax.eval import evaluator as ev
+from vidgen_jax.eval import grid as grid_lib
+from vidgen_jax.eval import metrics as metrics_lib
 from vidgen_jax.io import video as video_io
 
 NUM_SEEN_PROMPTS = 24
+REFERENCE_PER_PROMPT = 8
+_REAL_SEED_OFFSET = 1_000_003  # real clips never share geometry with anything seeded by the user's seed
 
 
 def eval_prompts() -> list[tuple[str, str]]:
@@ -25,10 +35,68 @@ def eval_prompts() -> list[tuple[str, str]]:
   return [(p, "seen") for p in chosen] + [(p, "heldout") for p in moving_shapes.captions("heldout")]
 
 
-def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, **sampling) -> dict:
+def real_videos(prompts, seed: int, image_size: int = 32, num_frames: int = 8) -> np.ndarray:
+  """One procedurally rendered clip per prompt; clip i is a pure function of (seed, i, prompt)."""
+  out = []
+  for i, p in enumerate(prompts):
+    combo = moving_shapes.parse_caption(p)
+    rng = np.random.default_rng([_REAL_SEED_OFFSET, seed, i])
+    out.append(moving_shapes.render(moving_shapes.sample_params(rng, combo, image_size, num_frames),
+                                    image_size, num_frames))
+  return np.stack(out)
+
+
+def baselines(prompts, seed: int, image_size: int = 32, num_frames: int = 8) -> dict:
+  """The ceiling and floor sets for `prompts` (see the module docstring)."""
+  real = real_videos(prompts, seed, image_size, num_frames)
+  noise = np.random.default_rng([_REAL_SEED_OFFSET + 1, seed]).integers(0, 256, real.shape, dtype=np.uint8)
+  return {"real": real, "noise": noise, "frozen": np.repeat(real[:, :1], real.shape[1], axis=1),
+          "reversed": real[:, ::-1].copy()}
+
+
+def _clips(videos, prompts, splits):
+  """Scores long videos segment by segment: every 8-frame segment becomes one scored clip."""
+  videos = np.asarray(videos)
+  if videos.shape[1] == ev.NUM_FRAMES:
+    return videos, list(prompts), list(splits)
+  clips, ps, ss = [], [], []
+  for v, p, s in zip(videos, prompts, splits):
+    for seg in ev.segments(v):
+      clips.append(seg), ps.append(p), ss.append(s)
+  return np.stack(clips), ps, ss
+
+
+def evaluate_videos(videos, prompts, splits, seed: int = 0, evaluator: ev.Evaluator | None = None,
+                    with_baselines: bool = True) -> tuple[dict, list[dict]]:
+  """(metrics, per-video readings) for uint8 videos with their prompts and split names."""
+  evaluator = evaluator or ev.default_evaluator()
+  clips, prompts, splits = _clips(videos, prompts, splits)
+  size = clips.shape[2]
+  unique = list(dict.fromkeys(prompts))
+  ref_prompts = [p for p in unique for _ in range(REFERENCE_PER_PROMPT)]
+  ref_split = {p: s for p, s in zip(prompts, splits)}
+  ref_feats = evaluator.features(real_videos(ref_prompts, seed + 1, size, ev.NUM_FRAMES))
+  ref_splits = np.array([ref_split[p] for p in ref_prompts])
+  reference = {s: ref_feats[ref_splits == s] for s in set(splits)}
+  reference["all"] = ref_feats
+
+  def score(v):
+    feats, probs = evaluator.run(v)
+    readings = ev.readings_from(probs)
+    return metrics_lib.by_split(feats, readings, prompts, splits, reference), readings
+
+  result, readings = score(clips)
+  out = {"generated": result}
+  if with_baselines:
+    for name, v in baselines(prompts, seed, size, ev.NUM_FRAMES).items():
+      out[name] = score(v)[0]
+  return out, readings
+
+
+def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: str = "", **sampling) -> dict:
   from vidgen_jax.sample import generate
-  gen = generate.Generator.from_workdir(workdir, step=step)
-  n = num_samples or gen.run.config.eval.num_samples
+  gen = generate.load_generator(workdir, step=step)
+  n = num_samples or gen.config.eval.num_samples
   if n < 1:
     raise ValueError("--num-samples must be at least 1")
   pairs = eval_prompts()
@@ -37,23 +105,93 @@ def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, **samp
   t0 = time.time()
   videos = gen.generate(prompts, seed=seed, **sampling)
   seconds = time.time() - t0
-  rows = heuristics.score(videos, prompts)
+  evaluator = ev.default_evaluator()
+  scores, readings = evaluate_videos(videos, prompts, splits, seed=seed, evaluator=evaluator)
   metrics = {
-      "step": gen.step, "seed": seed, "samples_per_prompt": n, "sampling": {k: v for k, v in sampling.items()},
-      "sample_seconds": round(seconds, 2),
-      "seen": heuristics.summarise([r for r, s in zip(rows, splits) if s == "seen"]),
-      "heldout": heuristics.summarise([r for r, s in zip(rows, splits) if s == "heldout"]),
-      "scorer": "analytic read-out (eval/heuristics.py): colour, translation and scale motion",
+      "step": gen.step, "seed": seed, "samples_per_prompt": n,
+      "sampling": {k: v for k, v in sampling.items() if v is not None}, "sample_seconds": round(seconds, 2),
+      "scores": scores,
+      "evaluator": {"file": str(ev.ASSET.name), "accuracy": evaluator.meta.get("accuracy")},
   }
-  out = pathlib.Path(workdir) / "eval" / f"step_{gen.step}"
+  out = pathlib.Path(workdir) / "eval" / (f"step_{gen.step}" + (f"_{tag}" if tag else ""))
   out.mkdir(parents=True, exist_ok=True)
+  (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+  (out / "readings.json").write_text(json.dumps(
+      [{"prompt": p, "split": s, **r} for p, s, r in zip(prompts, splits, readings)], indent=1))
+  if videos.shape[1] == ev.NUM_FRAMES:
+    grid_lib.labelled_grid(videos, prompts, readings, splits).save(out / "grid.png")
   video_io.write_videos(out / "samples.npz", videos, prompts)
   video_io.write_videos(out / "grid.gif", videos, prompts, fps=fps, ncols=max(n, 8), scale=2)
-  (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-  (out / "readout.json").write_text(json.dumps(rows, indent=1, default=_plain))
+  _log_tensorboard(workdir, gen.step, scores["generated"], tag)
   metrics["dir"] = str(out)
   return metrics
 
 
-def _plain(x):
-  return x.item() if isinstance(x, np.generic) else str(x)
+def _log_tensorboard(workdir, step, scores, tag):
+  from vidgen_jax.train import progress
+  writer = progress.MetricWriter(workdir, jsonl_name="eval_metrics.jsonl")
+  flat = {f"{split}/{k}": v for split, d in scores.items() for k, v in d.items()
+          if isinstance(v, (int, float)) and k != "num"}
+  writer.scalars(step, flat, prefix="eval" + (f"_{tag}" if tag else ""))
+  writer.close()
+
+
+def headline(metrics: dict) -> str:
+  """One line per set: colour/shape/motion/joint on seen and held-out prompts, and FED."""
+  lines = []
+  for name, d in metrics["scores"].items():
+    parts = [f"{split} c{d[split]['colour']:.0%} s{d[split]['shape']:.0%} m{d[split]['motion']:.0%} "
+             f"j{d[split]['joint']:.0%} FED {d[split]['fed']:.1f}" for split in ("seen", "heldout") if split in d]
+    lines.append(f"{name:9s} " + " | ".join(parts))
+  return "\n".join(lines)
+
+
+SWEEPABLE = {"cond_scale": float, "steps": int}
+
+
+def sweep(workdir, name: str, values, num_samples=None, seed: int = 0, step=None, **sampling) -> dict:
+  """Evaluates the workdir once per value of one sampling setting; writes eval/sweep_<name>.{json,png}."""
+  if name not in SWEEPABLE:
+    raise ValueError(f"cannot sweep {name!r}; choose one of {sorted(SWEEPABLE)}")
+  values = [SWEEPABLE[name](v) for v in values]
+  if not values:
+    raise ValueError("a sweep needs at least one value")
+  rows = []
+  for v in values:
+    m = evaluate_workdir(workdir, num_samples=num_samples, seed=seed, step=step, tag=f"{name}{v:g}",
+                         **{**sampling, name: v})
+    rows.append({name: v, "sample_seconds": m["sample_seconds"],
+                 **{f"{set_}/{split}": m["scores"][set_][split] for set_ in ("generated", "real")
+                    for split in ("seen", "heldout")}})
+  result = {"workdir": str(workdir), "step": m["step"], "sweep": name, "seed": seed,
+            "samples_per_prompt": m["samples_per_prompt"], "rows": rows}
+  out = pathlib.Path(workdir) / "eval" / f"sweep_{name}"
+  out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+  plot_sweep(result, out.with_suffix(".png"))
+  result["files"] = [str(out.with_suffix(".json")), str(out.with_suffix(".png"))]
+  return result
+
+
+def plot_sweep(result: dict, path):
+  """Joint accuracy and FED (seen and held-out prompts) against the swept value; real clips dashed."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  name, rows = result["sweep"], result["rows"]
+  x = [r[name] for r in rows]
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+  for ax, metric, label in ((axes[0], "joint", "joint accuracy"), (axes[1], "fed", "Fréchet evaluator distance")):
+    for split, colour in (("seen", "tab:blue"), ("heldout", "tab:orange")):
+      ax.plot(x, [r[f"generated/{split}"][metric] for r in rows], "o-", color=colour, label=f"generated, {split}")
+      ax.axhline(rows[0][f"real/{split}"][metric], color=colour, ls="--", lw=1, label=f"real clips, {split}")
+    ax.set_xlabel(name)
+    ax.set_ylabel(label)
+    if name == "steps":
+      ax.set_xscale("log")
+  axes[0].set_ylim(-0.02, 1.02)
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f"{pathlib.Path(result['workdir']).name} step {result['step']}, "
+               f"{result['samples_per_prompt']} samples/prompt, seed {result['seed']}", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

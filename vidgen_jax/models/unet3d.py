@@ -2,9 +2,10 @@
 
 Same architecture and math as the reference `Unet3D` (space-only 1x3x3 convs, per-frame linear attention,
 temporal attention with rotary + a shared T5 relative position bias, full spatial attention in the middle,
-FiLM conditioning on [time embedding ; cond]), with two additions that are off by default:
-`text_token_dim` (cross-attention to text tokens after every temporal attention of the levels and the
-middle) and `remat`. Video is (B, T, H, W, C) instead of torch's (B, C, T, H, W).
+FiLM conditioning on [time embedding ; cond]), with additions that are off by default:
+`text_token_dim` (text tokens: cross-attention after every temporal attention of the levels and the middle
+unless `cross_attention=False`), `text_cond_mlp` (a per-token MLP pooled into cond), `max_frames_embedding`
+and `remat`. Video is (B, T, H, W, C) instead of torch's (B, C, T, H, W).
 
 Differences from the reference that are deliberate:
 * `init_dim` must equal `dim` (ValueError; the reference crashes later, research/anchors_pytorch.md 1.9-a).
@@ -90,12 +91,16 @@ class Unet3D(nn.Module):
   # added after init_conv, so that FiLM's per-channel text signal can act differently on each frame. The
   # reference only has relative temporal positions (rotary + T5 bias). Value = the largest frame count.
   max_frames_embedding: int | None = None
+  cross_attention: bool = True
+  text_cond_mlp: int | None = None
 
   def __post_init__(self):
     if self.init_dim is not None and self.init_dim != self.dim:
       raise ValueError(
           f"init_dim={self.init_dim} must equal dim={self.dim}: the final block concatenates the init "
           "features with a dim-wide stream and expects dim * 2 channels (the reference crashes there)")
+    if self.text_cond_mlp and (self.text_token_dim is None or self.cond_dim is None):
+      raise ValueError("text_cond_mlp needs text_token_dim and cond_dim (it pools projected text tokens into cond)")
     if self.init_kernel_size % 2 != 1:
       raise ValueError(f"init_kernel_size must be odd, got {self.init_kernel_size}")
     super().__post_init__()
@@ -171,15 +176,18 @@ class Unet3D(nn.Module):
       null_emb = self.param("null_cond_emb", nn.with_logical_partitioning(
           nn.initializers.normal(stddev=1.0), (None, "cond")), (1, self.cond_dim), jnp.float32)
       cond = jnp.where(null_cond[:, None], null_emb, cond.astype(jnp.float32))
-      emb = jnp.concatenate([emb, cond], axis=-1)
 
     text = None
     if self.text_token_dim is not None:
       text = self._text_context(batch, text_tokens, text_mask, null_cond)
+      if self.text_cond_mlp:
+        cond = cond + blocks.TokenPoolMLP(self.text_cond_mlp, self.cond_dim, name="text_cond_mlp")(*text)
+    if self.cond_dim is not None:
+      emb = jnp.concatenate([emb, cond], axis=-1)
 
     def attend(x, prefix):
       x = temporal(f"{prefix}temporal_attn")(x, pos_bias, focus_present_mask)
-      if text is not None:
+      if text is not None and self.cross_attention:
         x = cross(f"{prefix}cross_attn")(x, *text)
       return x
 

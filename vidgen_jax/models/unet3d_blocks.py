@@ -68,6 +68,25 @@ class TimestepMLP(nn.Module):
     return attention.dense(4 * self.dim, ("mlp", "embed"), name="dense_out", use_bias=True)(h)
 
 
+class TokenPoolMLP(nn.Module):
+  """Masked mean over tokens of LayerNorm -> Dense -> GELU -> Dense, in float32: (B, L, D) -> (B, out).
+
+  A per-token non-linear map before pooling lets the FiLM condition separate prompts whose pooled sentence
+  embeddings are close (MiniLM: "moving left"/"moving right" pooled cosine 0.965) by their differing tokens.
+  A sample whose mask is all False (null condition) gets zeros.
+  """
+  hidden: int
+  out: int
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    h = nn.LayerNorm(name="norm")(tokens.astype(jnp.float32))
+    h = nn.gelu(attention.dense(self.hidden, ("embed", "mlp"), name="dense_in", use_bias=True)(h))
+    h = attention.dense(self.out, ("mlp", "embed"), name="dense_out", use_bias=True)(h)
+    m = mask.astype(jnp.float32)[..., None]
+    return (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+
+
 def _fold_space(x):
   """(B, T, H, W, C) -> (B*T, H*W, C): every frame is a sequence of H*W tokens."""
   b, t, h, w, c = x.shape

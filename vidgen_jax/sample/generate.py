@@ -19,6 +19,10 @@ class Generator:
   def __init__(self, run, params, step: int, chunk: int = 16):
     self.run, self.params, self.step, self.chunk = run, params, step, chunk
 
+  @property
+  def config(self):
+    return self.run.config
+
   @classmethod
   def from_workdir(cls, workdir, step=None, chunk: int = 16):
     config = ckpt_lib.read_config(workdir)
@@ -54,3 +58,14 @@ class Generator:
         out.append(np.asarray(jax.device_get(fn(self.params, key, tokens, mask))))
     videos = np.concatenate(out)[:len(prompts)]
     return video_io.to_uint8(videos)
+
+
+_FAMILIES = {"vdm": Generator}
+
+
+def load_generator(workdir, step=None):
+  """The generator of any model family's workdir (its config.json's `family` picks the class)."""
+  family = ckpt_lib.read_config(workdir).get("family", "vdm")
+  if family not in _FAMILIES:
+    raise ValueError(f"{workdir}: model family {family!r} has no generator; known: {sorted(_FAMILIES)}")
+  return _FAMILIES[family].from_workdir(workdir, step=step)

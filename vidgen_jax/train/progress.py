@@ -43,15 +43,15 @@ class Progress:
 class MetricWriter:
   """Scalars to TensorBoard and workdir/metrics.jsonl; sample videos as frame-strip images."""
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, jsonl_name: str = "metrics.jsonl"):
     from tensorboardX import SummaryWriter
     self.dir = pathlib.Path(workdir)
     self.tb = SummaryWriter(str(self.dir / "tb"))
-    self.jsonl = open(self.dir / "metrics.jsonl", "a")
+    self.jsonl = open(self.dir / jsonl_name, "a")
 
-  def scalars(self, step: int, metrics: dict):
+  def scalars(self, step: int, metrics: dict, prefix: str = "train"):
     for k, v in metrics.items():
-      self.tb.add_scalar(f"train/{k}", float(v), step)
+      self.tb.add_scalar(f"{prefix}/{k}", float(v), step)
     self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
     self.jsonl.flush()
 

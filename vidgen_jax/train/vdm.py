@@ -29,7 +29,8 @@ def build_model(config, text_dim: int):
       dim=m.dim, cond_dim=text_dim, dim_mults=tuple(m.dim_mults), channels=channels,
       attn_heads=m.attn_heads, attn_dim_head=m.attn_dim_head, init_kernel_size=m.init_kernel_size,
       use_sparse_linear_attn=m.use_sparse_linear_attn,
-      text_token_dim=text_dim if m.cross_attention else None,
+      text_token_dim=text_dim if (m.cross_attention or m.get("text_cond_mlp")) else None,
+      cross_attention=m.cross_attention, text_cond_mlp=m.get("text_cond_mlp") or None,
       dtype=_DTYPES[config.train.compute_dtype], remat=m.remat,
       max_frames_embedding=m.get("max_frames_embedding") or None)
   return unet if m.patch_size == 1 else patched.Patched(unet, m.patch_size)

@@ -1,0 +1,99 @@
+"""Metrics of a set of videos with their prompts, from the shapes evaluator's readings and features.
+
+* accuracy: the fraction of videos whose evaluator reading matches the prompt, per attribute (colour,
+  shape, motion) and joint (all three).
+* Fréchet evaluator distance (FED): the Fréchet distance between Gaussians fitted to the evaluator's
+  128-d features of the videos and of real clips of the same prompts (FVD's formula; evaluator features
+  instead of I3D's, which mean nothing on this data). It is biased upwards for small sets, so it is only
+  compared between sets of the same size (the real ceiling is measured at the size of the generated set).
+* diversity: the mean pairwise feature distance between videos of the same prompt, averaged over prompts
+  (0 = every sample of a prompt is the same video: mode collapse).
+"""
+import collections
+import itertools
+
+import numpy as np
+
+from vidgen_jax.data import moving_shapes
+from vidgen_jax.eval import evaluator as ev
+
+
+def prompt_labels(prompt: str) -> dict:
+  colour, shape, motion = moving_shapes.parse_caption(prompt)
+  return {"colour": moving_shapes.COLOUR_NAMES[colour], "shape": moving_shapes.SHAPES[shape],
+          "motion": moving_shapes.MOTIONS[motion]}
+
+
+def correctness(readings: list[dict], prompts: list[str]) -> np.ndarray:
+  """(N, 3) bool: does the reading match the prompt's colour, shape, motion."""
+  if len(readings) != len(prompts):
+    raise ValueError(f"{len(readings)} readings for {len(prompts)} prompts")
+  rows = []
+  for r, p in zip(readings, prompts):
+    want = prompt_labels(p)
+    rows.append([r[a] == want[a] for a in ev.ATTRIBUTES])
+  return np.array(rows, bool).reshape(-1, len(ev.ATTRIBUTES))
+
+
+def accuracy(right: np.ndarray) -> dict:
+  if len(right) == 0:
+    raise ValueError("accuracy of an empty set")
+  out = {a: float(right[:, i].mean()) for i, a in enumerate(ev.ATTRIBUTES)}
+  out["joint"] = float(right.all(1).mean())
+  return out
+
+
+def gaussian_stats(features: np.ndarray):
+  f = np.asarray(features, np.float64)
+  if f.ndim != 2 or len(f) < 2:
+    raise ValueError(f"need at least 2 feature vectors (N, D), got {f.shape}")
+  return f.mean(0), np.cov(f, rowvar=False)
+
+
+def _sqrt_psd(m):
+  w, v = np.linalg.eigh((m + m.T) / 2)
+  return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+  """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), by symmetric eigendecompositions."""
+  mu_a, s_a = gaussian_stats(features_a)
+  mu_b, s_b = gaussian_stats(features_b)
+  if mu_a.shape != mu_b.shape:
+    raise ValueError(f"feature sizes differ: {mu_a.shape} vs {mu_b.shape}")
+  root_a = _sqrt_psd(s_a)
+  cross = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+  trace_cross = np.sqrt(np.clip(cross, 0.0, None)).sum()
+  value = float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2.0 * trace_cross)
+  return max(value, 0.0)
+
+
+def diversity(features: np.ndarray, prompts: list[str]) -> float | None:
+  """Mean over prompts (with >= 2 videos) of the mean pairwise L2 distance of their features."""
+  groups = collections.defaultdict(list)
+  for f, p in zip(np.asarray(features, np.float64), prompts):
+    groups[p].append(f)
+  per_prompt = [np.mean([np.linalg.norm(a - b) for a, b in itertools.combinations(g, 2)])
+                for g in groups.values() if len(g) >= 2]
+  return float(np.mean(per_prompt)) if per_prompt else None
+
+
+def summarise(features, readings, prompts, reference_features) -> dict:
+  """accuracy, joint, FED against `reference_features` and diversity of one set of videos."""
+  out = accuracy(correctness(readings, prompts))
+  out["fed"] = frechet_distance(features, reference_features)
+  out["diversity"] = diversity(features, prompts)
+  out["num"] = len(prompts)
+  return out
+
+
+def by_split(features, readings, prompts, splits, reference: dict) -> dict:
+  """summarise() per split name (e.g. 'seen', 'heldout') and over all; reference maps split -> features."""
+  features, splits = np.asarray(features), np.asarray(splits)
+  out = {}
+  for name in list(dict.fromkeys(splits.tolist())) + ["all"]:
+    sel = np.ones(len(splits), bool) if name == "all" else splits == name
+    idx = np.flatnonzero(sel)
+    out[name] = summarise(features[idx], [readings[i] for i in idx], [prompts[i] for i in idx],
+                          reference[name])
+  return out
