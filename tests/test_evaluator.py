@@ -3,6 +3,7 @@ import jax
 import numpy as np
 import pytest
 
+from vidgen_jax.data import moving_shapes
 from vidgen_jax.eval import evaluator as ev
 from vidgen_jax.eval import evaluator_train, run_eval
 
@@ -67,3 +68,12 @@ def test_training_is_deterministic_and_round_trips(tmp_path):
   f2, _ = loaded.run(video)
   np.testing.assert_allclose(f1, f2, rtol=1e-6)
   assert loaded.meta == {"note": "test"}
+
+
+def test_agrees_with_the_analytic_read_out_on_translations(evaluator):
+  from vidgen_jax.eval import heuristics
+  prompts = [p for p in moving_shapes.captions("all") if "moving" in p][::3]
+  videos = run_eval.real_videos(prompts, seed=3)
+  reads = evaluator.read(videos)
+  agree = [r["motion"] == heuristics.read_motion(v) for r, v in zip(reads, videos)]
+  assert np.mean(agree) >= 0.95, np.mean(agree)
