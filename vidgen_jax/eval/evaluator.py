@@ -19,6 +19,7 @@ import os
 import pathlib
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,7 +152,7 @@ def readings_from(probs: dict) -> list[dict]:
 
 
 def save(path, params, *, width: int, feature_dim: int, meta: dict):
-  flat = {"/".join(k): np.asarray(v) for k, v in _flatten(params).items()}
+  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
   info = {"width": str(width), "feature_dim": str(feature_dim), "meta": json.dumps(meta)}
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,25 +168,9 @@ def load(path) -> Evaluator:
     flat = {k: f.get_tensor(k) for k in f.keys()}
   if "width" not in info:
     raise ValueError(f"{path} is not a vidgen shapes-evaluator file (no 'width' metadata)")
-  params = {}
-  for key, value in flat.items():
-    node = params
-    *parents, leaf = key.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = jnp.asarray(value)
+  params = traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")
   return Evaluator(params, width=int(info["width"]), feature_dim=int(info["feature_dim"]),
                    meta=json.loads(info.get("meta", "{}")))
-
-
-def _flatten(tree, prefix=()):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict) or hasattr(v, "items"):
-      out.update(_flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
 
 
 def _cache_path() -> pathlib.Path:

@@ -93,9 +93,11 @@ def evaluate_videos(videos, prompts, splits, seed: int = 0, evaluator: ev.Evalua
   return out, readings
 
 
-def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: str = "", **sampling) -> dict:
+def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: str = "", gen=None,
+                     **sampling) -> dict:
+  """Samples and scores the eval prompt set; `gen` reuses an already loaded generator of this workdir."""
   from vidgen_jax.sample import generate
-  gen = generate.load_generator(workdir, step=step)
+  gen = gen or generate.load_generator(workdir, step=step)
   n = num_samples or gen.config.eval.num_samples
   if n < 1:
     raise ValueError("--num-samples must be at least 1")
@@ -156,9 +158,11 @@ def sweep(workdir, name: str, values, num_samples=None, seed: int = 0, step=None
   values = [SWEEPABLE[name](v) for v in values]
   if not values:
     raise ValueError("a sweep needs at least one value")
+  from vidgen_jax.sample import generate
+  gen = generate.load_generator(workdir, step=step)   # restored once for every value
   rows = []
   for v in values:
-    m = evaluate_workdir(workdir, num_samples=num_samples, seed=seed, step=step, tag=f"{name}{v:g}",
+    m = evaluate_workdir(workdir, num_samples=num_samples, seed=seed, tag=f"{name}{v:g}", gen=gen,
                          **{**sampling, name: v})
     rows.append({name: v, "sample_seconds": m["sample_seconds"],
                  **{f"{set_}/{split}": m["scores"][set_][split] for set_ in ("generated", "real")
