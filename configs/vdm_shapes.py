@@ -83,6 +83,9 @@ def get_config(arg=None):
   # >0: kernel size of a zero-initialised temporal conv in every ResnetBlock (pseudo-3D, our addition);
   # 0 = the reference's space-only resnets.
   c.model.temporal_conv = v.get("temporal_conv", 0)
+  # True: the middle's spatial attention attends over all frames and positions at once (axial rotary over
+  # frame, row, column; our addition); False = the reference's per-frame spatial attention.
+  c.model.mid_space_time = v.get("mid_space_time", False)
   c.model.remat = False             # rematerialise blocks in the backward pass (memory for compute)
 
   c.diffusion = ConfigDict()
@@ -104,6 +107,9 @@ def get_config(arg=None):
   c.sample.eta = 0.0
   c.sample.cond_scale = 3.0         # classifier-free guidance weight; 1 = no guidance
   c.sample.clip_denoised = True
+  # Reconstruction guidance weight w_r (Ho et al. eq. 7) for conditional sampling: video prediction, long
+  # videos by extension, super-resolution (vidgen sample --num-frames/--segment-frames/--given/--lowres).
+  c.sample.reconstruction_weight = 5.0
   c.sample.prompts = (
       "a red circle moving right", "a green square moving up", "a blue triangle moving left",
       "a yellow circle moving down", "a magenta square growing", "a cyan triangle shrinking",
@@ -123,6 +129,9 @@ def get_config(arg=None):
   c.train = ConfigDict()
   c.train.batch_size = batch        # global batch (all devices, all processes)
   c.train.grad_accum = 1            # micro-batches per step (scanned inside the jitted step)
+  # Joint image+video training (Ho et al. sec. 3): K extra images per video (frames of other videos of the
+  # batch, with their captions), kept out of temporal attention by masks. 0 = video only. Costs (T+K)/T.
+  c.train.joint_images = v.get("joint_images", 0)
   c.train.num_steps = steps
   c.train.compute_dtype = "float32" # float32 | bfloat16 (params and optimizer stay float32)
   c.train.log_every = 50

@@ -110,3 +110,22 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
   steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
   assert steps and 1 <= steps[-1] < 100000
   assert not (wd / "samples").exists()          # interrupted runs do not pretend to be finished
+
+
+def test_sample_story_long_video_and_super_resolution(workdir, tmp_path):
+  story = tmp_path / "story.npz"
+  _vidgen("sample", "--workdir", str(workdir), "--prompt", "a red circle moving left", "--prompt",
+          "a red circle moving up", "--segment-frames", "6", "--steps", "2", "--out", str(story))
+  data = np.load(story)
+  assert data["videos"].shape == (1, 12, 16, 16, 3)
+  assert list(data["prompts"]) == ["a red circle moving left / a red circle moving up"]
+  low = tmp_path / "low.gif"
+  from vidgen_jax.io import video as video_io
+  video_io.write_video(low, data["videos"][0, :8, ::2, ::2])
+  up = tmp_path / "up.npz"
+  _vidgen("sample", "--workdir", str(workdir), "--prompt", "a red circle moving left", "--lowres", str(low),
+          "--steps", "2", "--out", str(up))
+  assert np.load(up)["videos"].shape == (1, 8, 16, 16, 3)
+  bad = _vidgen("sample", "--workdir", str(workdir), "--prompt", "x", "--given", str(low), "--given-frames",
+                "9", "--out", str(tmp_path / "b.npz"), check=False)
+  assert bad.returncode != 0 and "fewer than --given-frames" in bad.stderr

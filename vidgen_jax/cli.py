@@ -2,7 +2,9 @@
 
   vidgen train  --config configs/<file>.py[:args] --workdir DIR [--config.key=value ...] [--multihost]
   vidgen sample --workdir DIR --prompt "a red circle moving left" [--prompt ...] --num-samples N --seed S --out FILE
-  vidgen eval   --workdir DIR [--num-samples N] [--seed S]
+                [--num-frames 32] [--segment-frames 8] [--given VIDEO --given-frames 2] [--lowres VIDEO]
+                [--method reconstruction|replacement] [--guidance-weight W]
+  vidgen eval   --workdir DIR [--num-samples N] [--seed S] [--task extension|prediction [--method M]]
   vidgen evaluator train [--out FILE] [--steps N]    rebuild the shapes evaluator (deterministic)
   vidgen evaluator test [--weights FILE]             its accuracy on held-out real clips
   vidgen convert --from video-diffusion-pytorch --checkpoint FILE --workdir DIR --image-size N --num-frames N
@@ -46,6 +48,21 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--out", required=True, help="output file: .gif, .mp4 or .npz")
   _sampling_flags(s)
+  c = s.add_argument_group(
+      "long videos, stories, prediction, super-resolution (conditional sampling, Ho et al. sec. 3.2)")
+  c.add_argument("--num-frames", type=int, default=None,
+                 help="frames per video; beyond the model's window the video is extended window by window")
+  c.add_argument("--segment-frames", type=int, default=None,
+                 help="the prompts form ONE story, this many frames each (each scene continues the last)")
+  c.add_argument("--given", default=None, metavar="VIDEO", help="continue this video (video prediction)")
+  c.add_argument("--given-frames", type=int, default=2, help="how many first frames of --given to keep")
+  c.add_argument("--lowres", default=None, metavar="VIDEO",
+                 help="super-resolve this low-resolution video (its side must divide the model's)")
+  c.add_argument("--method", choices=("reconstruction", "replacement"), default="reconstruction",
+                 help="how known frames condition the sampler (replacement: the baseline)")
+  c.add_argument("--guidance-weight", type=float, default=None,
+                 help="reconstruction guidance weight w_r (default: config sample.reconstruction_weight)")
+  c.add_argument("--overlap", type=int, default=None, help="known frames per extension window (default: half)")
 
   e = sub.add_parser("eval", help="sample the fixed evaluation prompt set and write metrics")
   e.add_argument("--workdir", required=True)
@@ -54,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("--sweep", default=None, metavar="NAME=V1,V2,...",
                  help="evaluate once per value of cond_scale or steps; writes eval/sweep_NAME.{json,png}")
   _sampling_flags(e)
+  e.add_argument("--task", choices=("generation", "extension", "prediction"), default="generation",
+                 help="extension: --num-frames long videos scored segment by segment; prediction: continue "
+                      "--given-frames frames of real clips")
+  e.add_argument("--num-frames", type=int, default=32, help="extension: frames per video")
+  e.add_argument("--given-frames", type=int, default=2, help="prediction: given frames")
+  e.add_argument("--method", choices=("reconstruction", "replacement"), default="reconstruction")
+  e.add_argument("--guidance-weight", type=float, default=None, help="reconstruction guidance weight w_r")
+  e.add_argument("--overlap", type=int, default=None, help="extension: known frames per window")
 
   v = sub.add_parser("evaluator", help="the shapes evaluator network that `eval` scores videos with")
   vsub = v.add_subparsers(dest="action", required=True)
@@ -207,6 +232,7 @@ def _train(args, overrides) -> int:
 
 
 def _sample(args) -> int:
+  import numpy as np
   from vidgen_jax.sample import generate
   from vidgen_jax.io import video as video_io
   if args.num_samples < 1:
@@ -215,9 +241,33 @@ def _sample(args) -> int:
   if ext not in (".gif", ".mp4", ".npz"):
     raise ValueError(f"--out {args.out!r}: the extension must be .gif, .mp4 or .npz")
   gen = generate.Generator.from_workdir(args.workdir, step=args.step)
-  prompts = [p for p in args.prompt for _ in range(args.num_samples)]
-  videos = gen.generate(prompts, seed=args.seed, sampler=args.sampler, steps=args.steps,
-                        cond_scale=args.cond_scale)
+  sampling = dict(sampler=args.sampler, steps=args.steps, cond_scale=args.cond_scale)
+  conditional = dict(method=args.method, guidance_weight=args.guidance_weight, overlap=args.overlap)
+  window = gen.config.data.num_frames
+  if args.segment_frames is not None:       # one story per sample, through all prompts
+    labels = [" / ".join(args.prompt)] * args.num_samples
+    videos = gen.generate_long([list(args.prompt)] * args.num_samples, seed=args.seed,
+                               num_frames=args.num_frames, segment_frames=args.segment_frames,
+                               **conditional, **sampling)
+  else:
+    labels = [p for p in args.prompt for _ in range(args.num_samples)]
+    if args.lowres is not None:
+      low = video_io.read_video(args.lowres)
+      videos = gen.upsample(np.broadcast_to(low, (len(labels),) + low.shape), labels, seed=args.seed,
+                            guidance_weight=args.guidance_weight, **sampling)
+    elif args.given is not None or (args.num_frames or window) != window:
+      given = None
+      if args.given is not None:
+        clip = video_io.read_video(args.given, max_frames=args.given_frames)
+        if clip.shape[0] < args.given_frames:
+          raise ValueError(f"--given {args.given} has {clip.shape[0]} frames, fewer than --given-frames "
+                           f"{args.given_frames}")
+        given = np.broadcast_to(clip, (len(labels),) + clip.shape)
+      videos = gen.generate_long([[p] for p in labels], seed=args.seed, num_frames=args.num_frames or window,
+                                 given=given, **conditional, **sampling)
+    else:
+      videos = gen.generate(labels, seed=args.seed, **sampling)
+  prompts = labels
   ncols = args.num_samples if args.num_samples > 1 else math.ceil(math.sqrt(len(prompts)))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   video_io.write_videos(args.out, videos, prompts, fps=args.fps, ncols=ncols, scale=2)
@@ -227,6 +277,7 @@ def _sample(args) -> int:
 
 
 def _eval(args) -> int:
+  import json
   from vidgen_jax.eval import run_eval
   if args.sweep:
     name, sep, values = args.sweep.partition("=")
@@ -241,6 +292,18 @@ def _eval(args) -> int:
       print(f"{name}={r[name]:g}: joint seen {g['seen']['joint']:.0%} held-out {g['heldout']['joint']:.0%} | "
             f"FED seen {g['seen']['fed']:.1f} held-out {g['heldout']['fed']:.1f}")
     print("wrote " + " and ".join(result["files"]))
+    return 0
+  if args.task != "generation":
+    from vidgen_jax.eval import conditional_eval
+    result = conditional_eval.evaluate_workdir(
+        args.workdir, args.task, num_samples=args.num_samples or 1, seed=args.seed, step=args.step,
+        num_frames=args.num_frames, given=args.given_frames, method=args.method,
+        guidance_weight=args.guidance_weight, overlap=args.overlap, fps=args.fps, sampler=args.sampler,
+        steps=args.steps, cond_scale=args.cond_scale)
+    print(json.dumps({k: result[k] for k in ("task", "method", "guidance_weight", "sample_seconds")}))
+    for split in ("seen", "heldout"):
+      print(f"{split}: {json.dumps(result['scores'][split])}")
+    print(f"wrote {result['dir']}/metrics.json")
     return 0
   metrics = run_eval.evaluate_workdir(args.workdir, num_samples=args.num_samples, seed=args.seed,
                                       step=args.step, sampler=args.sampler, steps=args.steps,

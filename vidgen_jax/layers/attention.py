@@ -99,11 +99,11 @@ class Attention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, bias=None, mask=None):
+  def __call__(self, x, bias=None, mask=None, angles=None):
+    """`angles` (N, rot_dim) overrides the 1-D rotary of `rotary_dim` (e.g. `position.axial_rotary_angles`)."""
     inner = self.heads * self.dim_head
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    angles = None
-    if self.rotary_dim:
+    if angles is None and self.rotary_dim:
       angles = position.rotary_angles(jnp.arange(x.shape[-2]), self.rotary_dim, self.rotary_theta)
     q, k, v = SplitProjection(3, self.heads, self.dim_head, name="to_qkv", **kw)(x, angles)
     q = q * (self.dim_head**-0.5)

@@ -53,6 +53,19 @@ def rotary_angles(positions, dim, theta=10000.0):
   return jnp.repeat(angles, 2, axis=-1)
 
 
+def axial_rotary_angles(shape, dims, theta=10000.0):
+  """(prod(shape), sum(dims)) angles for tokens of a grid `shape` flattened row-major (e.g. (T, H, W)).
+
+  Axis a gets its own `dims[a]` (even) rotary channels, consecutive in axis order, rotating by that axis's
+  integer coordinate; the dot product of two rotated vectors then depends on their offset along every axis.
+  """
+  if len(shape) != len(dims) or any(d % 2 for d in dims):
+    raise ValueError(f"need one even rotary dim per axis, got shape={shape} dims={dims}")
+  grids = jnp.meshgrid(*[jnp.arange(n) for n in shape], indexing="ij")
+  parts = [rotary_angles(g.reshape(-1), d, theta) for g, d in zip(grids, dims) if d]
+  return jnp.concatenate(parts, axis=-1)
+
+
 def _rotate_adjacent_pairs(x):
   """Maps each channel pair (a, b) to (-b, a): the 90-degree rotation of the interleaved layout."""
   pairs = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)

@@ -76,6 +76,10 @@ class Unet3D(nn.Module):
   Keyword inputs: `null_cond` (B,) bool replaces cond by the learned `null_cond_emb` and masks all text
   tokens; `text_tokens` (B, L, text_token_dim) with `text_mask` (B, L) bool (True = real token);
   `focus_present_mask` (B,) bool stops temporal attention (except the initial one) mixing frames.
+  `frame_groups` (B, T) int lets frames attend (in every temporal and space-time attention, the initial one
+  included) only to frames of the same group: joint image+video training appends images as extra frames,
+  each in its own group. Conditioning may then be per frame: cond (B, T, cond_dim), null_cond (B, T),
+  text_tokens (B, T, L, D), text_mask (B, T, L) (every frame of a group carries its group's caption).
   Spatial sides must be divisible by 2**(len(dim_mults) - 1); any number of frames works.
   """
   dim: int
@@ -100,6 +104,9 @@ class Unet3D(nn.Module):
   # Our addition, 0 = off (reference): kernel size of a zero-initialised temporal conv inside every
   # ResnetBlock that gets the time/text embedding (see `unet3d_blocks.ResnetBlock`).
   temporal_conv: int = 0
+  # Our addition, off by default: the middle's per-frame spatial attention becomes full space-time attention
+  # over all T*H*W tokens with axial rotary positions (`unet3d_blocks.SpaceTimeAttentionBlock`).
+  mid_space_time: bool = False
   # Checkpoints of the reference before 0.7.0: GroupNorm(resnet_groups) in every Block instead of RMSNorm.
   resnet_groups: int | None = None
 
@@ -127,22 +134,34 @@ class Unet3D(nn.Module):
       raise ValueError(f"text_tokens {text_tokens.shape} need text_token_dim={self.text_token_dim} channels")
 
   def _text_context(self, batch, text_tokens, text_mask, null_cond):
-    """Tokens (B, L, text_token_dim) and mask (B, L); absent tokens become one masked-out dummy token."""
+    """Tokens (B, [T,] L, text_token_dim) and mask (B, [T,] L); absent tokens become one masked-out token."""
     if text_tokens is None:
-      text_tokens = jnp.zeros((batch, 1, self.text_token_dim), jnp.float32)
-      text_mask = jnp.zeros((batch, 1), bool)
+      text_tokens = jnp.zeros(null_cond.shape + (1, self.text_token_dim), jnp.float32)
+      text_mask = jnp.zeros(null_cond.shape + (1,), bool)
     elif text_mask is None:
-      text_mask = jnp.ones(text_tokens.shape[:2], bool)
-    return text_tokens.astype(self.dtype), text_mask.astype(bool) & ~null_cond[:, None]
+      text_mask = jnp.ones(text_tokens.shape[:-1], bool)
+    if text_mask.ndim != null_cond.ndim + 1:
+      raise ValueError(f"text_mask {text_mask.shape} and null_cond {null_cond.shape}: per-frame tokens need "
+                       "per-frame null_cond and vice versa")
+    return text_tokens.astype(self.dtype), text_mask.astype(bool) & ~null_cond[..., None]
 
   @nn.compact
   def __call__(self, x, time, cond=None, *, null_cond=None, text_tokens=None, text_mask=None,
-               focus_present_mask=None):
+               focus_present_mask=None, frame_groups=None):
     self._check_inputs(x, cond, text_tokens)
     batch, frames = x.shape[:2]
     dims = [self.dim] + [self.dim * m for m in self.dim_mults]
     in_out = list(zip(dims[:-1], dims[1:]))
-    null_cond = jnp.zeros((batch,), bool) if null_cond is None else null_cond.astype(bool)
+    per_frame = cond is not None and cond.ndim == 3
+    null_shape = (batch, frames) if per_frame else (batch,)
+    null_cond = jnp.zeros(null_shape, bool) if null_cond is None else null_cond.astype(bool)
+    if null_cond.shape != null_shape:
+      raise ValueError(f"null_cond {null_cond.shape} must be {null_shape} for cond {cond.shape}")
+    if frame_groups is not None and self.temporal_conv:
+      raise ValueError("frame_groups (joint image+video training) cannot isolate images from the temporal "
+                       "convs of temporal_conv > 0; use temporal_conv=0")
+    group_mask = blocks.frame_attention_mask(frame_groups)
+    frame_mask = blocks.frame_attention_mask(frame_groups, focus_present_mask, frames)
 
     maybe_remat = nn.remat if self.remat else (lambda cls: cls)
     resnet_cls = maybe_remat(blocks.ResnetBlock)
@@ -178,14 +197,14 @@ class Unet3D(nn.Module):
           nn.initializers.normal(stddev=0.02), (None, "embed")), (self.max_frames_embedding, self.dim),
           jnp.float32)
       x = x + table[:frames].astype(self.dtype)[None, :, None, None, :]
-    x = temporal("init_temporal_attn")(blocks.constrain_video(x), pos_bias, None)
+    x = temporal("init_temporal_attn")(blocks.constrain_video(x), pos_bias, group_mask)
     r = x
 
     emb = blocks.TimestepMLP(self.dim, name="time_mlp")(time)
     if self.cond_dim is not None:
       null_emb = self.param("null_cond_emb", nn.with_logical_partitioning(
           nn.initializers.normal(stddev=1.0), (None, "cond")), (1, self.cond_dim), jnp.float32)
-      cond = jnp.where(null_cond[:, None], null_emb, cond.astype(jnp.float32))
+      cond = jnp.where(null_cond[..., None], null_emb, cond.astype(jnp.float32))
 
     text = None
     if self.text_token_dim is not None:
@@ -193,10 +212,12 @@ class Unet3D(nn.Module):
       if self.text_cond_mlp:
         cond = cond + blocks.TokenPoolMLP(self.text_cond_mlp, self.cond_dim, name="text_cond_mlp")(*text)
     if self.cond_dim is not None:
+      if per_frame:
+        emb = jnp.broadcast_to(emb[:, None], (batch, frames, emb.shape[-1]))
       emb = jnp.concatenate([emb, cond], axis=-1)
 
     def attend(x, prefix):
-      x = temporal(f"{prefix}temporal_attn")(x, pos_bias, focus_present_mask)
+      x = temporal(f"{prefix}temporal_attn")(x, pos_bias, frame_mask)
       if text is not None and self.cross_attention:
         x = cross(f"{prefix}cross_attn")(x, *text)
       return x
@@ -215,7 +236,11 @@ class Unet3D(nn.Module):
 
     mid_dim = dims[-1]
     x = resnet(mid_dim, "mid_block1")(x, emb)
-    x = spatial_cls(self.attn_heads, _SPATIAL_DIM_HEAD, dtype=self.dtype, name="mid_spatial_attn")(x)
+    if self.mid_space_time:
+      x = maybe_remat(blocks.SpaceTimeAttentionBlock)(self.attn_heads, _SPATIAL_DIM_HEAD, dtype=self.dtype,
+                                                      name="mid_space_time_attn")(x, group_mask)
+    else:
+      x = spatial_cls(self.attn_heads, _SPATIAL_DIM_HEAD, dtype=self.dtype, name="mid_spatial_attn")(x)
     x = attend(x, "mid_")
     x = resnet(mid_dim, "mid_block2")(x, emb)
 
@@ -251,9 +276,9 @@ class Unconditional(nn.Module):
     nn.share_scope(self, self.inner)
 
   def __call__(self, x, time, cond=None, *, null_cond=None, text_tokens=None, text_mask=None,
-               focus_present_mask=None):
+               focus_present_mask=None, frame_groups=None):
     del cond, null_cond, text_tokens, text_mask
-    return self.inner(x, time, focus_present_mask=focus_present_mask)
+    return self.inner(x, time, focus_present_mask=focus_present_mask, frame_groups=frame_groups)
 
 
 # ----------------------------------------------------------------------------------------------------------

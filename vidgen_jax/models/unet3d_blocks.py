@@ -7,7 +7,7 @@ mapping table in `unet3d.py`).
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vidgen_jax.layers import attention, conv, embeddings, norms
+from vidgen_jax.layers import attention, conv, embeddings, norms, position
 
 VIDEO_AXES = ("batch", "frames", "height", "width", "act_channels")
 SPATIAL_TOKEN_AXES = ("batch", "tokens", "act_channels")  # (B*T, H*W, C) or (B, T*H*W, C)
@@ -62,7 +62,8 @@ class ResnetBlock(nn.Module):
     if emb is not None:
       film = attention.dense(2 * self.features, ("embed", "mlp"), name="mlp", use_bias=True,
                              dtype=self.dtype)(nn.silu(emb))
-      film = film[:, None, None, None, :]
+      # emb (B, E): one condition per sample; (B, T, E): one per frame (joint image+video training).
+      film = film[:, None, None, None, :] if film.ndim == 2 else film[:, :, None, None, :]
       scale_shift = (film[..., : self.features], film[..., self.features:])
     h = Block(self.features, dtype=self.dtype, groups=self.groups, name="block1")(x, scale_shift)
     if self.temporal_kernel:
@@ -86,7 +87,7 @@ class TimestepMLP(nn.Module):
 
 
 class TokenPoolMLP(nn.Module):
-  """Masked mean over tokens of LayerNorm -> Dense -> GELU -> Dense, in float32: (B, L, D) -> (B, out).
+  """Masked mean over tokens of LayerNorm -> Dense -> GELU -> Dense, in float32: (..., L, D) -> (..., out).
 
   A per-token non-linear map before pooling lets the FiLM condition separate prompts whose pooled sentence
   embeddings are close (MiniLM: "moving left"/"moving right" pooled cosine 0.965) by their differing tokens.
@@ -101,7 +102,7 @@ class TokenPoolMLP(nn.Module):
     h = nn.gelu(attention.dense(self.hidden, ("embed", "mlp"), name="dense_in", use_bias=True)(h))
     h = attention.dense(self.out, ("mlp", "embed"), name="dense_out", use_bias=True)(h)
     m = mask.astype(jnp.float32)[..., None]
-    return (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    return (h * m).sum(-2) / jnp.maximum(m.sum(-2), 1.0)
 
 
 def _fold_space(x):
@@ -115,11 +116,27 @@ def _unfold_space(y, shape):
   return constrain_video(y.reshape(shape[:-1] + (y.shape[-1],)))
 
 
-class TemporalAttentionBlock(nn.Module):
-  """x + Attention over frames at every pixel, with rotary, shared relative bias and focus-present mask.
+def frame_attention_mask(frame_groups=None, focus_present_mask=None, frames=None):
+  """(B, T, T) bool "frame i may attend to frame j", or None when every frame may see every frame.
 
-  pos_bias: (heads, T, T) or None. focus_present_mask: (B,) bool or None; True restricts every frame of
-  that sample to attend only to itself.
+  frame_groups (B, T) int: frames attend only within their group (joint image+video training gives the
+  video's frames group 0 and each appended image its own group). focus_present_mask (B,) bool: True
+  restricts every frame of that sample to itself.
+  """
+  mask = None
+  if frame_groups is not None:
+    mask = frame_groups[:, :, None] == frame_groups[:, None, :]
+  if focus_present_mask is not None:
+    eye = jnp.eye(frames if frame_groups is None else frame_groups.shape[1], dtype=bool)
+    focus = jnp.where(focus_present_mask.astype(bool)[:, None, None], eye, True)
+    mask = focus if mask is None else mask & focus
+  return mask
+
+
+class TemporalAttentionBlock(nn.Module):
+  """x + Attention over frames at every pixel, with rotary and the shared relative position bias.
+
+  pos_bias: (heads, T, T) or None. frame_mask: (B, T, T) bool or None (`frame_attention_mask`).
   """
   heads: int
   dim_head: int
@@ -127,15 +144,14 @@ class TemporalAttentionBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, pos_bias=None, focus_present_mask=None):
+  def __call__(self, x, pos_bias=None, frame_mask=None):
     b, t, h, w, c = x.shape
     y = norms.ChannelLayerNorm(dtype=self.dtype, name="norm")(x)
     y = jnp.transpose(y, (0, 2, 3, 1, 4)).reshape(b * h * w, t, c)
     y = nn.with_logical_constraint(y, TEMPORAL_AXES)
     mask = None
-    if focus_present_mask is not None:
-      per_sequence = jnp.repeat(focus_present_mask.astype(bool), h * w)
-      mask = jnp.where(per_sequence[:, None, None, None], jnp.eye(t, dtype=bool), True)
+    if frame_mask is not None:
+      mask = jnp.repeat(frame_mask, h * w, axis=0)[:, None]   # (B*H*W, 1, T, T), sequences in (b, h, w) order
     y = attention.Attention(self.heads, self.dim_head, rotary_dim=self.rotary_dim, dtype=self.dtype,
                             name="attn")(y, bias=pos_bias, mask=mask)
     y = nn.with_logical_constraint(y, TEMPORAL_AXES)
@@ -160,6 +176,33 @@ class SpatialAttentionBlock(nn.Module):
     return constrain_video(x + _unfold_space(y, x.shape))
 
 
+class SpaceTimeAttentionBlock(nn.Module):
+  """x + full softmax attention over all T*H*W tokens of each sample (not factorised), with axial rotary
+  positions: `rotary_dims` = channels per head rotated by (frame, row, column). Rotary makes the logits
+  depend on the (dt, dy, dx) offset between tokens, so a query can pick "the same object dx to the left
+  one frame earlier": displacement, i.e. motion, is one attention pattern instead of a composition of
+  separate spatial and temporal steps.
+  """
+  heads: int
+  dim_head: int = 32
+  rotary_dims: tuple = (8, 8, 8)
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, frame_mask=None):
+    """frame_mask (B, T, T) bool or None: token (i, y, x) may attend to (j, y', x') iff frame_mask[i, j]."""
+    b, t, h, w, c = x.shape
+    y = norms.ChannelLayerNorm(dtype=self.dtype, name="norm")(x)
+    y = nn.with_logical_constraint(y.reshape(b, t * h * w, c), SPATIAL_TOKEN_AXES)
+    angles = position.axial_rotary_angles((t, h, w), self.rotary_dims)
+    mask = None
+    if frame_mask is not None:
+      mask = jnp.repeat(jnp.repeat(frame_mask, h * w, axis=1), h * w, axis=2)[:, None]  # (B, 1, N, N)
+    y = attention.Attention(self.heads, self.dim_head, dtype=self.dtype, name="attn")(y, mask=mask,
+                                                                                       angles=angles)
+    return constrain_video(x + _unfold_space(y, x.shape))
+
+
 class CrossAttentionBlock(nn.Module):
   """x + cross-attention from every (frame, pixel) of a sample to its text tokens (plus the null token)."""
   heads: int
@@ -168,9 +211,15 @@ class CrossAttentionBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, tokens, token_mask):
+    """tokens (B, L, D) / token_mask (B, L): one caption per sample; (B, T, L, D) / (B, T, L): per frame."""
     b, t, h, w, c = x.shape
     y = norms.ChannelLayerNorm(dtype=self.dtype, name="norm")(x)
-    y = nn.with_logical_constraint(y.reshape(b, t * h * w, c), SPATIAL_TOKEN_AXES)
+    if tokens.ndim == 4:   # per-frame captions: every frame is its own query sequence
+      y = y.reshape(b * t, h * w, c)
+      tokens, token_mask = tokens.reshape((b * t,) + tokens.shape[2:]), token_mask.reshape(b * t, -1)
+    else:
+      y = y.reshape(b, t * h * w, c)
+    y = nn.with_logical_constraint(y, SPATIAL_TOKEN_AXES)
     y = attention.CrossAttention(self.heads, self.dim_head, dtype=self.dtype, name="attn")(
         y, tokens, token_mask)
     return constrain_video(x + _unfold_space(y, x.shape))

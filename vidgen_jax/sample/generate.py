@@ -5,7 +5,9 @@ import logging
 import jax
 import numpy as np
 
+from vidgen_jax.diffusion import conditioning
 from vidgen_jax.io import video as video_io
+from vidgen_jax.sample import long_video
 from vidgen_jax.train import checkpoint as ckpt_lib
 from vidgen_jax.train import setup as setup_lib
 from vidgen_jax.train import vdm
@@ -58,6 +60,92 @@ class Generator:
         out.append(np.asarray(jax.device_get(fn(self.params, key, tokens, mask))))
     videos = np.concatenate(out)[:len(prompts)]
     return video_io.to_uint8(videos)
+
+
+  # ---- conditional generation: video prediction, long videos, stories, super-resolution ----
+
+  @functools.lru_cache(maxsize=8)
+  def _conditional_fn(self, kind, sampler, steps, cond_scale, method, factor=None):
+    overrides = {k: v for k, v in dict(sampler=sampler, steps=steps, cond_scale=cond_scale).items()
+                 if v is not None}
+    run = self.run
+
+    def frames_fn(params, rng, tokens, mask, known_video, known_frames, weight):
+      obs = conditioning.frames_observation(known_video, known_frames)
+      return vdm.sample(params, rng, tokens, mask, model=run.model, sched=run.sched, config=run.config,
+                        num_frames=known_video.shape[1], observation=obs, method=method,
+                        guidance_weight=weight, **overrides)
+
+    def lowres_fn(params, rng, tokens, mask, lowres, weight):
+      obs = conditioning.lowres_observation(lowres, factor)
+      return vdm.sample(params, rng, tokens, mask, model=run.model, sched=run.sched, config=run.config,
+                        num_frames=lowres.shape[1], image_size=lowres.shape[2] * factor, observation=obs,
+                        method="reconstruction", guidance_weight=weight, **overrides)
+
+    return jax.jit(frames_fn if kind == "frames" else lowres_fn)
+
+  def _weight(self, guidance_weight):
+    return float(self.config.sample.get("reconstruction_weight", 1.0) if guidance_weight is None
+                 else guidance_weight)
+
+  def generate_long(self, stories, seed: int = 0, *, num_frames=None, segment_frames=None, overlap=None,
+                    given=None, method="reconstruction", guidance_weight=None, sampler=None, steps=None,
+                    cond_scale=None) -> np.ndarray:
+    """uint8 videos (N, num_frames, H, W, 3) made window by window (`long_video.run_windows`).
+
+    stories: one list of prompts per video (all of equal length); with several prompts, `segment_frames`
+    frames per prompt form a story (num_frames defaults to their total). given: optional uint8
+    (N, k, H, W, 3) first frames to continue (video prediction). overlap: known frames per extension
+    window (default half the model's window). method: 'reconstruction' (guidance weight `guidance_weight`,
+    default config.sample.reconstruction_weight) or 'replacement'.
+    """
+    stories = [[str(p) for p in s] for s in stories]
+    if not stories or any(len(s) != len(stories[0]) or not s for s in stories):
+      raise ValueError("give every video the same, non-zero number of prompts")
+    num_prompts = len(stories[0])
+    window = self.config.data.num_frames
+    if num_prompts > 1 and segment_frames is None:
+      raise ValueError("several prompts per video form a story: give segment_frames (frames per prompt)")
+    num_frames = num_frames or (segment_frames * num_prompts if segment_frames else window)
+    overlap = window // 2 if overlap is None else overlap
+    size = self.config.data.image_size
+    if given is None:
+      first = np.zeros((len(stories), 0, size, size, 3), np.float32)
+    else:
+      given = np.asarray(given)
+      if given.ndim != 5 or given.shape[0] != len(stories) or given.shape[2:] != (size, size, 3):
+        raise ValueError(f"given frames must be uint8 ({len(stories)}, k, {size}, {size}, 3), got {given.shape}")
+      first = given.astype(np.float32) / 127.5 - 1.0
+    fn = self._conditional_fn("frames", sampler, steps, cond_scale, method)
+    weight = self._weight(guidance_weight)
+
+    def sample_window(known_video, known_count, prompt, index):
+      tokens, mask = self.run.text_encoder.encode([s[prompt] for s in stories])
+      known_frames = np.arange(known_video.shape[1]) < known_count
+      key = jax.random.fold_in(jax.random.key(seed), index)
+      with self.run.context():
+        return jax.device_get(fn(self.params, key, tokens, mask, known_video, known_frames, weight))
+
+    video = long_video.run_windows(sample_window, first, num_frames, window, overlap,
+                                   segment_frames=segment_frames, num_prompts=num_prompts)
+    return video_io.to_uint8(np.clip(video, -1.0, 1.0))
+
+  def upsample(self, lowres, prompts, seed: int = 0, *, guidance_weight=None, sampler=None, steps=None,
+               cond_scale=None) -> np.ndarray:
+    """Super-resolution by reconstruction guidance: uint8 (N, T, h, w, 3) -> (N, T, H, W, 3) at the model's
+    image size, whose average pooling by H/h reproduces the input."""
+    lowres = np.asarray(lowres)
+    size = self.config.data.image_size
+    if lowres.ndim != 5 or lowres.shape[0] != len(prompts) or lowres.shape[2] != lowres.shape[3] \
+        or size % lowres.shape[2]:
+      raise ValueError(f"low-resolution videos must be (len(prompts), T, h, h, 3) with h dividing {size}, "
+                       f"got {lowres.shape}")
+    fn = self._conditional_fn("lowres", sampler, steps, cond_scale, "reconstruction", size // lowres.shape[2])
+    tokens, mask = self.run.text_encoder.encode([str(p) for p in prompts])
+    with self.run.context():
+      out = fn(self.params, jax.random.key(seed), tokens, mask, lowres.astype(np.float32) / 127.5 - 1.0,
+               self._weight(guidance_weight))
+    return video_io.to_uint8(np.clip(np.asarray(jax.device_get(out)), -1.0, 1.0))
 
 
 _FAMILIES = {"vdm": Generator}

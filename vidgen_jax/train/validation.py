@@ -70,6 +70,8 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
     p.append(f"sample.steps={s.steps}: must be between 1 and diffusion.timesteps={df.timesteps}")
   if s.cond_scale < 0:
     p.append(f"sample.cond_scale={s.cond_scale}: must be >= 0")
+  if s.get("reconstruction_weight", 0.0) < 0:
+    p.append(f"sample.reconstruction_weight={s.reconstruction_weight}: must be >= 0")
   if not s.prompts:
     p.append("sample.prompts is empty")
 
@@ -86,6 +88,16 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
     _positive(p, f"train.{name}", t[name])
   _positive(p, "train.sample_every", t.sample_every, allow_zero=True)
   _choice(p, "train.compute_dtype", t.compute_dtype, ("float32", "bfloat16"))
+  k = t.get("joint_images", 0)
+  _positive(p, "train.joint_images", k, allow_zero=True)
+  if isinstance(k, int) and k > 0:
+    micro = t.batch_size // max(t.grad_accum, 1)
+    if k >= micro:
+      p.append(f"train.joint_images={k}: the images are frames of other videos in the (micro-)batch, so it "
+               f"must be < train.batch_size/grad_accum={micro}")
+    if tk:
+      p.append(f"train.joint_images={k} with model.temporal_conv={tk}: temporal convs would mix the images "
+               "into the video frames; set one of them to 0")
 
   _choice(p, "sharding.preset", c.sharding.preset, tuple(SHARDING_PRESETS))
   try:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vidgen_jax.diffusion import gaussian, guidance, losses, samplers, schedules
+from vidgen_jax.diffusion import conditioning, gaussian, guidance, losses, samplers, schedules
 from vidgen_jax.models import patched
 from vidgen_jax.models.unet3d import Unconditional, Unet3D
 from vidgen_jax.train import state as state_lib
@@ -40,7 +40,7 @@ def build_model(config, text_dim: int):
       cross_attention=m.cross_attention, text_cond_mlp=(text_dim and m.get("text_cond_mlp")) or None,
       dtype=_DTYPES[config.train.compute_dtype], remat=m.remat,
       max_frames_embedding=m.get("max_frames_embedding") or None, temporal_conv=m.get("temporal_conv", 0),
-      resnet_groups=m.get("resnet_groups") or None)
+      resnet_groups=m.get("resnet_groups") or None, mid_space_time=bool(m.get("mid_space_time", False)))
   unet = Unconditional(unet) if uncond else unet
   return unet if m.patch_size == 1 else patched.Patched(unet, m.patch_size)
 
@@ -79,27 +79,72 @@ def text_inputs(model, tokens, mask) -> dict:
 
 
 def pooled(batch):
+  """Masked mean of the text tokens over L: (B, [T,] L, D) -> (B, [T,] D)."""
   mask = batch["text_mask"].astype(jnp.float32)[..., None]
-  return (batch["text_tokens"] * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+  return (batch["text_tokens"] * mask).sum(-2) / jnp.maximum(mask.sum(-2), 1.0)
 
 
 def to_model_space(video_uint8):
   return video_uint8.astype(jnp.float32) / 127.5 - 1.0
 
 
-def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng):
-  """Per-batch mean diffusion loss; condition dropout and focus-present masks drawn here, not in the model."""
+def append_images(batch, num_images: int, rng):
+  """Joint image+video training (Ho et al. 2022, sec. 3): K = num_images independent images per video.
+
+  Image j of sample i is a random frame of video (i + 1 + j) mod B, appended after the T video frames with
+  that video's caption, so the batch becomes: video (B, T+K, H, W, 3), per-frame text_tokens (B, T+K, L, D)
+  and text_mask (B, T+K, L), and frame_groups (B, T+K) int32 (0 for the video, 1..K for the images) with
+  which the U-Net keeps every image out of every other frame's temporal attention. The other videos are
+  reached with `jnp.roll` over the batch axis (a collective permute when the batch is sharded). Needs
+  K < B; K = 0 returns the batch unchanged.
+  """
+  if num_images == 0:
+    return batch
+  video, tokens, mask = batch["video"], batch["text_tokens"], batch["text_mask"]
+  b, t = video.shape[:2]
+  if num_images >= b:
+    raise ValueError(f"{num_images} images per video need a batch larger than {num_images}, got {b}")
+  frame = jax.random.randint(rng, (b, num_images), 0, t)
+  images, image_tokens, image_mask = [], [], []
+  for j in range(num_images):
+    src_video, src_tokens, src_mask = (jnp.roll(a, -(j + 1), axis=0) for a in (video, tokens, mask))
+    images.append(jnp.take_along_axis(src_video, frame[:, j].reshape(b, 1, 1, 1, 1), axis=1))
+    image_tokens.append(src_tokens[:, None])
+    image_mask.append(src_mask[:, None])
+  per_frame = lambda a: jnp.broadcast_to(a[:, None], (b, t) + a.shape[1:])
+  groups = jnp.concatenate([jnp.zeros((t,), jnp.int32), jnp.arange(1, num_images + 1, dtype=jnp.int32)])
+  return {
+      "video": jnp.concatenate([video] + images, axis=1),
+      "text_tokens": jnp.concatenate([per_frame(tokens)] + image_tokens, axis=1),
+      "text_mask": jnp.concatenate([per_frame(mask)] + image_mask, axis=1),
+      "frame_groups": jnp.broadcast_to(groups, (b, t + num_images)),
+  }
+
+
+def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images: int = 0):
+  """Per-batch mean diffusion loss; condition dropout and focus-present masks drawn here, not in the model.
+
+  num_images > 0 trains jointly on videos and images (`append_images`); condition dropout is then drawn
+  per group (the video and each image independently), the timestep per sample.
+  """
+  k_t, k_noise, k_null, k_focus, k_images = jax.random.split(rng, 5)
+  batch = append_images(batch, num_images, k_images)
   x0 = to_model_space(batch["video"])
-  b = x0.shape[0]
-  k_t, k_noise, k_null, k_focus = jax.random.split(rng, 4)
+  b, frames = x0.shape[:2]
   t = jax.random.randint(k_t, (b,), 0, sched.num_timesteps)
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = gaussian.q_sample(sched, x0, t, noise)
   target = losses.training_target(sched, x0, t, noise, diffusion_cfg.prediction)
-  null = jax.random.bernoulli(k_null, diffusion_cfg.cfg_drop_prob, (b,))
+  groups = batch.get("frame_groups")
+  if groups is None:
+    null = jax.random.bernoulli(k_null, diffusion_cfg.cfg_drop_prob, (b,))
+  else:
+    null = jnp.take_along_axis(jax.random.bernoulli(k_null, diffusion_cfg.cfg_drop_prob, (b, num_images + 1)),
+                               groups, axis=1)
   focus = jax.random.bernoulli(k_focus, diffusion_cfg.prob_focus_present, (b,))
+  extra = {} if groups is None else {"frame_groups": groups}
   pred = model.apply(params, x_t, t, pooled(batch), null_cond=null, focus_present_mask=focus,
-                     **text_inputs(model, batch["text_tokens"], batch["text_mask"]))
+                     **text_inputs(model, batch["text_tokens"], batch["text_mask"]), **extra)
   per_sample = losses.diffusion_loss(pred.astype(jnp.float32), target, diffusion_cfg.loss)
   return per_sample.mean()
 
@@ -113,7 +158,7 @@ def train_step(state: state_lib.TrainState, batch, *, model, tx, sched, config):
   """One optimizer step (with `config.train.grad_accum` scanned micro-batches), EMA included."""
   rng = state.step_key()
   accum = config.train.grad_accum
-  grad_fn = jax.value_and_grad(loss_fn)
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, num_images=config.train.get("joint_images", 0)))
   if accum == 1:
     loss, grads = grad_fn(state.params, model, sched, config.diffusion, batch, rng)
   else:
@@ -133,8 +178,13 @@ def train_step(state: state_lib.TrainState, batch, *, model, tx, sched, config):
 
 
 def sample(params, rng, text_tokens, text_mask, *, model, sched, config, num_frames=None, image_size=None,
-           sampler=None, steps=None, cond_scale=None):
-  """Generates videos in [-1, 1], one per row of text_tokens, with classifier-free guidance."""
+           sampler=None, steps=None, cond_scale=None, observation=None, method="reconstruction",
+           guidance_weight=1.0):
+  """Generates videos in [-1, 1], one per row of text_tokens, with classifier-free guidance.
+
+  `observation` (a `conditioning.Observation`: known frames or a low-resolution video, in [-1, 1]) makes it
+  a conditional sampler: `method` 'replacement' or 'reconstruction' (guidance weight `guidance_weight`).
+  """
   s, d = config.sample, config.data
   sampler = sampler or s.sampler
   steps = steps or s.steps
@@ -149,6 +199,12 @@ def sample(params, rng, text_tokens, text_mask, *, model, sched, config, num_fra
   guided = guidance.make_guided_fn(apply_fn, cond_scale)
   model_fn = lambda x, t: guided(x, t, cond, text_tokens, text_mask)
   common = dict(prediction=config.diffusion.prediction, clip_denoised=s.clip_denoised)
+  if observation is not None:
+    rng, cond_rng = jax.random.split(rng)
+    model_fn = conditioning.conditioned_x0_fn(
+        conditioning.model_x0_fn(model_fn, sched, config.diffusion.prediction), sched, observation,
+        method=method, weight=guidance_weight, rng=cond_rng)
+    common["prediction"] = "x0"
   if sampler == "ddim":
     return samplers.ddim_sample(model_fn, sched, shape, rng, num_steps=steps, eta=s.eta, **common)
   if sampler == "ddpm":

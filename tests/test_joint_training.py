@@ -1,0 +1,99 @@
+"""Joint image+video training: images appended as frames, isolated by attention masks, sharded like videos."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.helpers import HashTextEncoder, tiny_config
+from tests.test_train_vdm import _batch, _run_steps
+from vidgen_jax.models.unet3d import Unet3D
+from vidgen_jax.train import vdm
+
+T, K = 4, 2
+
+
+def _model(**kw):
+  return Unet3D(dim=8, cond_dim=6, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8, text_token_dim=6,
+                use_sparse_linear_attn=True, **kw)
+
+
+def _inputs(seed=0, b=2):
+  r = np.random.default_rng(seed)
+  x = jnp.asarray(r.standard_normal((b, T + K, 8, 8, 3)), jnp.float32)
+  cond = jnp.asarray(r.standard_normal((b, T + K, 6)), jnp.float32)
+  tokens = jnp.asarray(r.standard_normal((b, T + K, 5, 6)), jnp.float32)
+  groups = jnp.broadcast_to(jnp.array([0] * T + list(range(1, K + 1))), (b, T + K))
+  return x, cond, tokens, groups
+
+
+@pytest.mark.parametrize("mid_space_time", [False, True])
+def test_images_and_video_never_see_each_other(mid_space_time):
+  model = _model(mid_space_time=mid_space_time)
+  x, cond, tokens, groups = _inputs()
+  t = jnp.array([3, 700])
+  mask = jnp.ones(tokens.shape[:3], bool)
+  params = model.init(jax.random.key(0), x, t, cond, text_tokens=tokens, text_mask=mask, frame_groups=groups)
+  # Cross-attention and the temporal blocks' outputs start at zero; give them random weights so that
+  # every path actually mixes frames.
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
+  run = lambda x, cond, tokens, groups: model.apply(params, x, t, cond, text_tokens=tokens, text_mask=mask,
+                                                    frame_groups=groups)
+  base = run(x, cond, tokens, groups)
+  # Change image 1 (pixels, condition and caption): only image 1's output may move.
+  x2 = x.at[:, T].add(1.0)
+  cond2, tokens2 = cond.at[:, T].add(1.0), tokens.at[:, T].add(1.0)
+  moved = run(x2, cond2, tokens2, groups)
+  np.testing.assert_allclose(moved[:, :T], base[:, :T], atol=1e-5)
+  np.testing.assert_allclose(moved[:, T + 1:], base[:, T + 1:], atol=1e-5)
+  assert float(jnp.abs(moved[:, T] - base[:, T]).max()) > 1e-3
+  # Change the video: the images do not move.
+  moved = run(x.at[:, 0].add(1.0), cond, tokens, groups)
+  np.testing.assert_allclose(moved[:, T:], base[:, T:], atol=1e-5)
+  # Without the groups the image leaks into the video (so the checks above can fail).
+  no_groups = jnp.zeros_like(groups)
+  leak = run(x2, cond2, tokens2, no_groups) - run(x, cond, tokens, no_groups)
+  assert float(jnp.abs(leak[:, :T]).max()) > 1e-3
+
+
+def test_frame_groups_refuse_temporal_convs():
+  model = _model(temporal_conv=3)
+  x, cond, tokens, groups = _inputs()
+  with pytest.raises(ValueError, match="temporal_conv"):
+    model.init(jax.random.key(0), x, jnp.array([1, 2]), cond, text_tokens=tokens, frame_groups=groups)
+
+
+def test_append_images_takes_frames_and_captions_of_other_videos():
+  b, l, d = 4, 3, 2
+  video = jnp.arange(b * T, dtype=jnp.uint8).reshape(b, T, 1, 1, 1) * jnp.ones((1, 1, 2, 2, 3), jnp.uint8)
+  tokens = jnp.arange(b, dtype=jnp.float32).reshape(b, 1, 1) * jnp.ones((1, l, d))
+  mask = jnp.arange(l)[None] < jnp.arange(1, b + 1)[:, None] % (l + 1)
+  out = vdm.append_images({"video": video, "text_tokens": tokens, "text_mask": mask}, K, jax.random.key(0))
+  assert out["video"].shape == (b, T + K, 2, 2, 3)
+  assert out["text_tokens"].shape == (b, T + K, l, d) and out["text_mask"].shape == (b, T + K, l)
+  np.testing.assert_array_equal(out["frame_groups"][0], [0] * T + [1, 2])
+  np.testing.assert_array_equal(out["video"][:, :T], video)
+  for i in range(b):
+    for j in range(K):
+      src = (i + 1 + j) % b
+      frame = int(out["video"][i, T + j, 0, 0, 0])
+      assert frame // T == src                                   # a frame of video i+1+j ...
+      np.testing.assert_array_equal(out["text_tokens"][i, T + j], tokens[src])   # ... with its caption
+      np.testing.assert_array_equal(out["text_mask"][i, T + j], mask[src])
+    np.testing.assert_array_equal(out["text_tokens"][i, :T], jnp.broadcast_to(tokens[i], (T, l, d)))
+  with pytest.raises(ValueError, match="larger"):
+    vdm.append_images({"video": video, "text_tokens": tokens, "text_mask": mask}, b, jax.random.key(0))
+
+
+def test_joint_training_step_is_finite_and_sharded_equals_single_device():
+  config = tiny_config()
+  config.train.joint_images = 2
+  batch = _batch(config, HashTextEncoder())
+  one, m1 = _run_steps(config, jax.devices()[:1], batch, n=1)
+  config8 = tiny_config()
+  config8.train.joint_images = 2
+  config8.mesh.data, config8.mesh.fsdp = 4, 2
+  eight, m8 = _run_steps(config8, jax.devices(), batch, n=1)
+  assert np.isfinite(m1["loss"]) and m1["finite"]
+  np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

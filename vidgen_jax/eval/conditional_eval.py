@@ -1,0 +1,121 @@
+"""Scores for conditional generation: long videos by extension, and video prediction from given frames.
+
+Extension (`score_extension`): each long video is cut into consecutive 8-frame segments that the evaluator
+reads one by one. Reported per segment index: colour / shape / motion / joint accuracy against the prompt;
+over videos: the fraction whose every segment keeps the prompt's colour and motion ('all_segments'); at
+every boundary between segments: 'boundary_consistency' (both sides read as the same colour, shape and
+motion: the object kept and its motion continued) and 'boundary_jump' (mean absolute pixel change across
+the boundary divided by the mean change between consecutive frames inside segments: 1 means the cut is as
+smooth as the video elsewhere, larger means a visible jump).
+
+Prediction (`score_prediction`): real clips rendered for each prompt give their first frames to the model;
+the evaluator reads the completed clip (given frames included, as the clip a user gets) and the motion
+accuracy says whether the model continued the given motion.
+"""
+import numpy as np
+
+from vidgen_jax.eval import evaluator as ev
+from vidgen_jax.eval import metrics
+
+
+def _mean_abs_diff(a, b):
+  return np.abs(a.astype(np.float32) - b.astype(np.float32)).mean(axis=tuple(range(1, a.ndim)))
+
+
+def boundary_jump(videos, length: int = ev.NUM_FRAMES) -> float:
+  """Mean |frame(k·length) − frame(k·length − 1)| over boundaries / mean |frame(i+1) − frame(i)| within
+  segments, for uint8 videos (N, T, H, W, 3)."""
+  videos = np.asarray(videos)
+  t = videos.shape[1]
+  cuts = [k * length for k in range(1, t // length)]
+  if not cuts:
+    raise ValueError(f"videos of {t} frames have no boundary between {length}-frame segments")
+  inside = [i for i in range(t - 1) if (i + 1) % length]
+  across = np.mean([_mean_abs_diff(videos[:, c], videos[:, c - 1]) for c in cuts])
+  within = np.mean([_mean_abs_diff(videos[:, i + 1], videos[:, i]) for i in inside])
+  return float(across / max(within, 1e-6))
+
+
+def score_extension(videos, prompts, evaluator: ev.Evaluator) -> dict:
+  """Segment-by-segment scores of long uint8 videos (N, T, H, W, 3) made for `prompts` (module docstring)."""
+  videos = np.asarray(videos)
+  segs = [ev.segments(v) for v in videos]
+  n_seg = len(segs[0])
+  flat = np.stack([s for v in segs for s in v])
+  readings = evaluator.read(flat)
+  right = metrics.correctness(readings, [p for p in prompts for _ in range(n_seg)]).reshape(len(videos), n_seg, 3)
+  per_segment = [metrics.accuracy(right[:, k]) for k in range(n_seg)]
+  colour, motion = ev.ATTRIBUTES.index("colour"), ev.ATTRIBUTES.index("motion")
+  out = {
+      "num_videos": len(videos), "num_frames": int(videos.shape[1]), "per_segment": per_segment,
+      "all_segments": float((right[..., colour] & right[..., motion]).all(axis=1).mean()),
+      "segment_colour_and_motion": float((right[..., colour] & right[..., motion]).mean()),
+  }
+  if n_seg > 1:
+    rows = np.array(readings, dtype=object).reshape(len(videos), n_seg)
+    same = [[all(rows[i, k][a] == rows[i, k + 1][a] for a in ev.ATTRIBUTES) for k in range(n_seg - 1)]
+            for i in range(len(videos))]
+    out["boundary_consistency"] = float(np.mean(same))
+    out["boundary_jump"] = boundary_jump(videos)
+  return out
+
+
+def score_prediction(videos, prompts, evaluator: ev.Evaluator) -> dict:
+  """Accuracy of completed clips (N, 8, H, W, 3) against the prompts whose real clips gave the frames."""
+  return metrics.accuracy(metrics.correctness(evaluator.read(np.asarray(videos)), list(prompts)))
+
+
+TASKS = ("extension", "prediction")
+
+
+def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0, step=None, num_frames: int = 32,
+                     given: int = 2, method: str = "reconstruction", guidance_weight=None, overlap=None,
+                     gen=None, fps: int = 8, **sampling) -> dict:
+  """Runs `task` on the eval prompt set and writes WORKDIR/eval/step_N_<task>_<method>/{metrics.json,
+  samples.npz, grid.gif}; returns the metrics (scores per split: seen, heldout, all)."""
+  import json
+  import pathlib
+  import time
+
+  from vidgen_jax.eval import run_eval
+  from vidgen_jax.io import video as video_io
+  from vidgen_jax.sample import generate
+  if task not in TASKS:
+    raise ValueError(f"task {task!r} unknown; choose one of {TASKS}")
+  if num_samples < 1:
+    raise ValueError("--num-samples must be at least 1")
+  gen = gen or generate.load_generator(workdir, step=step)
+  pairs = run_eval.eval_prompts()
+  prompts = [p for p, _ in pairs for _ in range(num_samples)]
+  splits = np.array([s for _, s in pairs for _ in range(num_samples)])
+  common = dict(seed=seed, method=method, guidance_weight=guidance_weight, overlap=overlap, **sampling)
+  t0 = time.time()
+  if task == "extension":
+    videos = gen.generate_long([[p] for p in prompts], num_frames=num_frames, **common)
+    score = score_extension
+  else:
+    real = run_eval.real_videos(prompts, seed, gen.config.data.image_size, gen.config.data.num_frames)
+    videos = gen.generate_long([[p] for p in prompts], given=real[:, :given], **common)
+    score = score_prediction
+  seconds = time.time() - t0
+  evaluator = ev.default_evaluator()
+  scores = {"all": score(videos, prompts, evaluator)}
+  for split in ("seen", "heldout"):
+    keep = splits == split
+    scores[split] = score(videos[keep], [p for p, k in zip(prompts, keep) if k], evaluator)
+  result = {"task": task, "step": gen.step, "seed": seed, "method": method,
+            "guidance_weight": gen._weight(guidance_weight), "samples_per_prompt": num_samples,
+            "num_frames": int(videos.shape[1]), "given": given if task == "prediction" else 0,
+            "sampling": {k: v for k, v in sampling.items() if v is not None},
+            "sample_seconds": round(seconds, 2), "scores": scores}
+  if task == "prediction":
+    frozen = np.repeat(run_eval.real_videos(prompts, seed, gen.config.data.image_size,
+                                            gen.config.data.num_frames)[:, :1], videos.shape[1], axis=1)
+    result["floor_frozen"] = score_prediction(frozen, prompts, evaluator)
+  out = pathlib.Path(workdir) / "eval" / f"step_{gen.step}_{task}_{method}"
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "metrics.json").write_text(json.dumps(result, indent=1))
+  video_io.write_videos(out / "samples.npz", videos, prompts)
+  video_io.write_videos(out / "grid.gif", videos, prompts, fps=fps, ncols=8, scale=2)
+  result["dir"] = str(out)
+  return result
