@@ -13,6 +13,7 @@ from vidgen_jax.train import setup as setup_lib
 from vidgen_jax.train import vdm
 
 log = logging.getLogger("vidgen.sample")
+DEFAULT_RECONSTRUCTION_WEIGHT = 5.0   # configs/vdm_shapes.py sample.reconstruction_weight
 
 
 class Generator:
@@ -24,6 +25,15 @@ class Generator:
   @property
   def config(self):
     return self.run.config
+
+  @classmethod
+  def from_run(cls, run, state, step: int):
+    return cls(run, state.ema_params, step)
+
+  def training_samples(self, seed: int = 0):
+    """(videos, labels) written during training: one video per config.sample.prompts entry."""
+    prompts = list(self.config.sample.prompts)
+    return self.generate(prompts, seed=seed), prompts
 
   @classmethod
   def from_workdir(cls, workdir, step=None, chunk: int = 16):
@@ -85,8 +95,10 @@ class Generator:
     return jax.jit(frames_fn if kind == "frames" else lowres_fn)
 
   def _weight(self, guidance_weight):
-    return float(self.config.sample.get("reconstruction_weight", 1.0) if guidance_weight is None
-                 else guidance_weight)
+    """The reconstruction guidance weight: the argument, else the config's (workdirs written before it
+    existed get the shipped default)."""
+    return float(self.config.sample.get("reconstruction_weight", DEFAULT_RECONSTRUCTION_WEIGHT)
+                 if guidance_weight is None else guidance_weight)
 
   def generate_long(self, stories, seed: int = 0, *, num_frames=None, segment_frames=None, overlap=None,
                     given=None, method="reconstruction", guidance_weight=None, sampler=None, steps=None,
@@ -148,12 +160,21 @@ class Generator:
     return video_io.to_uint8(np.clip(np.asarray(jax.device_get(out)), -1.0, 1.0))
 
 
-_FAMILIES = {"vdm": Generator}
+_FAMILIES = {"vdm": "vidgen_jax.sample.generate:Generator",
+             "phenaki": "vidgen_jax.sample.phenaki:PhenakiGenerator",
+             "cvivit": "vidgen_jax.sample.phenaki:TokenizerReconstructor"}
+
+
+def generator_class(config):
+  """The sampling class of a config's model family (imported on first use)."""
+  import importlib
+  family = config.get("family", "vdm")
+  if family not in _FAMILIES:
+    raise ValueError(f"model family {family!r} has no generator; known: {sorted(_FAMILIES)}")
+  module, name = _FAMILIES[family].split(":")
+  return getattr(importlib.import_module(module), name)
 
 
 def load_generator(workdir, step=None):
   """The generator of any model family's workdir (its config.json's `family` picks the class)."""
-  family = ckpt_lib.read_config(workdir).get("family", "vdm")
-  if family not in _FAMILIES:
-    raise ValueError(f"{workdir}: model family {family!r} has no generator; known: {sorted(_FAMILIES)}")
-  return _FAMILIES[family].from_workdir(workdir, step=step)
+  return generator_class(ckpt_lib.read_config(workdir)).from_workdir(workdir, step=step)

@@ -1,4 +1,4 @@
-"""The video-diffusion training loop: resume, step, log, checkpoint, sample; a checkpoint on SIGTERM.
+"""The training loop of every model family: resume, step, log, checkpoint, sample; a checkpoint on SIGTERM.
 
     vidgen train --config configs/vdm_shapes.py --workdir workdirs/run
 
@@ -18,6 +18,7 @@ from vidgen_jax.data import pipeline
 from vidgen_jax.io import video as video_io
 from vidgen_jax.sample import generate
 from vidgen_jax.train import checkpoint as ckpt_lib
+from vidgen_jax.train import families
 from vidgen_jax.train import setup as setup_lib
 from vidgen_jax.train import validation
 from vidgen_jax.train.progress import Progress, MetricWriter
@@ -64,7 +65,7 @@ def train(config, workdir, *, devices=None, stop_after: int | None = None, text_
   """Trains to config.train.num_steps (or stops early after `stop_after` steps); returns the final state."""
   workdir = pathlib.Path(workdir)
   num_devices = len(devices) if devices is not None else jax.device_count()
-  validation.validate_vdm(config, num_devices, jax.process_count())
+  families.get(config.get("family", "vdm")).validate(config, num_devices, jax.process_count())
   workdir.mkdir(parents=True, exist_ok=True)
   check_resume_config(workdir, config)
   if jax.process_index() == 0:
@@ -74,7 +75,7 @@ def train(config, workdir, *, devices=None, stop_after: int | None = None, text_
   run = setup_lib.build_run(config, text_encoder=text_encoder, devices=devices)
   log.info("mesh %s, sharding preset %s", validation.describe_mesh(config, num_devices), config.sharding.preset)
   source = pipeline.make_source(config.data)
-  if config.data.source == "moving_shapes":
+  if config.data.source == "moving_shapes" and run.text_encoder is not None:
     from vidgen_jax.data import moving_shapes
     run.text_encoder.prefill(moving_shapes.captions(config.data.split))
   data_iter = iter(pipeline.make_dataset(source, config.train.batch_size, config.data.seed))
@@ -86,7 +87,8 @@ def train(config, workdir, *, devices=None, stop_after: int | None = None, text_
   else:
     state = run.init_state(config.seed)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  log.info("U-Net parameters: %.2fM; set-up took %.1fs", n_params / 1e6, time.time() - t_start)
+  log.info("%s parameters: %.2fM; set-up took %.1fs", config.get("family", "vdm"), n_params / 1e6,
+           time.time() - t_start)
 
   batch_sh = run.batch_shardings()
   step_fn = run.jit_train_step()
@@ -99,7 +101,7 @@ def train(config, workdir, *, devices=None, stop_after: int | None = None, text_
   try:
     with _Preemption() as preempt, run.context():
       while step < end and not preempt.requested:
-        batch = pipeline.to_global(pipeline.attach_text(next(data_iter), run.text_encoder), batch_sh)
+        batch = pipeline.to_global(run.family.host_batch(run, next(data_iter)), batch_sh)
         state, metrics = step_fn(state, batch)
         step += 1
         if step % config.train.log_every == 0 or step == end:
@@ -136,9 +138,9 @@ def _report(run, state, metrics, step, progress, writer):
 
 
 def write_samples(run, state, workdir, step, writer=None, seed=0):
-  """Samples config.sample.prompts with the EMA parameters into workdir/samples/step_<N>.{gif,npz}."""
-  prompts = list(run.config.sample.prompts)
-  videos = generate.Generator(run, state.ema_params, step).generate(prompts, seed=seed)
+  """The family's training samples (text to video: config.sample.prompts) from the EMA parameters, into
+  workdir/samples/step_<N>.{gif,npz}."""
+  videos, prompts = generate.generator_class(run.config).from_run(run, state, step).training_samples(seed)
   if jax.process_index() != 0:
     return videos
   out = pathlib.Path(workdir) / "samples"

@@ -1,7 +1,11 @@
-"""Everything a video-diffusion run needs, built from its config: mesh, rules, text encoder, model, state."""
+"""Everything a training run needs, built from its config: mesh, rules, text encoder, model, optimizer, state.
+
+The model family (config.family: vdm, cvivit, phenaki) supplies the family-specific parts through a small
+module interface (`vidgen_jax.train.families`): validate, build_components, BATCH_NDIMS, make_state_fn,
+step_fn. Everything else (mesh, sharding, checkpoints, the loop) is shared.
+"""
 import contextlib
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -11,8 +15,8 @@ import optax
 from vidgen_jax.parallel import mesh as mesh_lib
 from vidgen_jax.parallel import sharding as sharding_lib
 from vidgen_jax.text import encoder as text_lib
+from vidgen_jax.train import families
 from vidgen_jax.train import state as state_lib
-from vidgen_jax.train import vdm
 
 
 @dataclasses.dataclass
@@ -27,15 +31,16 @@ class Run:
   lr_fn: optax.Schedule
   state_shardings: Any
   abstract_state: Any
+  family: Any = None          # the family module (families.get(config.family))
+  parts: dict = dataclasses.field(default_factory=dict)   # family-specific components beyond model/sched
 
   def batch_shardings(self) -> dict:
     """Shardings of the device part of a batch: leading (batch) axis over data x fsdp."""
-    ndims = {"video": 5, "text_tokens": 3, "text_mask": 2}
-    return {k: sharding_lib.batch_sharding(self.mesh, n, self.rules) for k, n in ndims.items()}
+    return {k: sharding_lib.batch_sharding(self.mesh, n, self.rules) for k, n in self.family.BATCH_NDIMS.items()}
 
   def jit_train_step(self):
     """The jitted train step with explicit shardings; the incoming state is donated."""
-    step = functools.partial(vdm.train_step, model=self.model, tx=self.tx, sched=self.sched, config=self.config)
+    step = self.family.step_fn(self)
     return jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings()),
                    out_shardings=(self.state_shardings, None), donate_argnums=(0,))
 
@@ -53,11 +58,7 @@ class Run:
       return jax.jit(lambda k: nn.meta.unbox(fn(k)), out_shardings=self.state_shardings)(jax.random.key(seed))
 
   def _state_fn(self):
-    def fn(key):
-      k_init, k_train = jax.random.split(key)
-      variables = vdm.init_variables(self.model, self.config, self.text_encoder.dim, k_init)
-      return state_lib.create_state(variables, self.tx, k_train)
-    return fn
+    return self.family.make_state_fn(self)
 
 
 def build_text_encoder(config):
@@ -68,11 +69,12 @@ def build_text_encoder(config):
 def build_run(config, *, text_encoder=None, devices=None) -> Run:
   mesh = mesh_lib.make_mesh(config.mesh.to_dict(), devices)
   rules = sharding_lib.get_rules(config.sharding.preset, config.sharding.extra_rules)
-  text_encoder = text_encoder or build_text_encoder(config)
-  model = vdm.build_model(config, text_encoder.dim)
-  sched = vdm.build_schedule(config)
-  tx, lr_fn = state_lib.make_optimizer(config.optim, config.train.num_steps)
-  run = Run(config, mesh, rules, text_encoder, model, sched, tx, lr_fn, None, None)
+  family = families.get(config.get("family", "vdm"))
+  text_encoder = text_encoder or (build_text_encoder(config) if family.NEEDS_TEXT else None)
+  parts = family.build_components(config, text_encoder)
+  model, sched = parts.pop("model"), parts.pop("sched", None)
+  tx, lr_fn = parts.pop("optimizer", None) or state_lib.make_optimizer(config.optim, config.train.num_steps)
+  run = Run(config, mesh, rules, text_encoder, model, sched, tx, lr_fn, None, None, family=family, parts=parts)
   boxed = jax.eval_shape(run._state_fn(), jax.random.key(0))
   run.state_shardings = sharding_lib.logical_to_sharding(boxed, mesh, rules)
   run.abstract_state = jax.tree.map(

@@ -20,6 +20,36 @@ from vidgen_jax.train import state as state_lib
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+# ---- the family interface (vidgen_jax.train.families) ----
+NEEDS_TEXT = True
+BATCH_NDIMS = {"video": 5, "text_tokens": 3, "text_mask": 2}
+
+
+def validate(config, num_devices: int, num_processes: int = 1):
+  from vidgen_jax.train import validation
+  return validation.validate_vdm(config, num_devices, num_processes)
+
+
+def build_components(config, text_encoder) -> dict:
+  return {"model": build_model(config, text_encoder.dim), "sched": build_schedule(config)}
+
+
+def make_state_fn(run):
+  def fn(key):
+    k_init, k_train = jax.random.split(key)
+    variables = init_variables(run.model, run.config, run.text_encoder.dim, k_init)
+    return state_lib.create_state(variables, run.tx, k_train)
+  return fn
+
+
+def step_fn(run):
+  return functools.partial(train_step, model=run.model, tx=run.tx, sched=run.sched, config=run.config)
+
+
+def host_batch(run, batch: dict) -> dict:
+  from vidgen_jax.data import pipeline
+  return pipeline.attach_text(batch, run.text_encoder)
+
 
 def build_model(config, text_dim: int):
   """The U-Net of config.model (wrapped in space-to-depth patching when model.patch_size > 1).
