@@ -172,3 +172,11 @@ def test_extension_and_prediction_scores_on_real_clips():
   assert conditional_eval.score_prediction(segs[0], prompts, ev.default_evaluator())["joint"] == 1.0
   with pytest.raises(ValueError, match="no boundary"):
     conditional_eval.boundary_jump(segs[0])
+
+
+def test_psnr():
+  from vidgen_jax.eval import conditional_eval
+  a = np.zeros((2, 2, 4, 4, 3), np.uint8)
+  b = a + np.uint8(16)
+  np.testing.assert_allclose(conditional_eval.psnr(a, b), 10 * np.log10(255.0**2 / 256.0))
+  assert conditional_eval.psnr(a, a) > 100

@@ -71,9 +71,10 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("--sweep", default=None, metavar="NAME=V1,V2,...",
                  help="evaluate once per value of cond_scale or steps; writes eval/sweep_NAME.{json,png}")
   _sampling_flags(e)
-  e.add_argument("--task", choices=("generation", "extension", "prediction"), default="generation",
+  e.add_argument("--task", choices=("generation", "extension", "prediction", "superres"), default="generation",
                  help="extension: --num-frames long videos scored segment by segment; prediction: continue "
-                      "--given-frames frames of real clips")
+                      "--given-frames frames of real clips; superres: --factor times downsampled real clips")
+  e.add_argument("--factor", type=int, default=2, help="superres: downsampling factor of the input")
   e.add_argument("--num-frames", type=int, default=32, help="extension: frames per video")
   e.add_argument("--given-frames", type=int, default=2, help="prediction: given frames")
   e.add_argument("--method", choices=("reconstruction", "replacement"), default="reconstruction")
@@ -297,7 +298,7 @@ def _eval(args) -> int:
     from vidgen_jax.eval import conditional_eval
     result = conditional_eval.evaluate_workdir(
         args.workdir, args.task, num_samples=args.num_samples or 1, seed=args.seed, step=args.step,
-        num_frames=args.num_frames, given=args.given_frames, method=args.method,
+        num_frames=args.num_frames, given=args.given_frames, factor=args.factor, method=args.method,
         guidance_weight=args.guidance_weight, overlap=args.overlap, fps=args.fps, sampler=args.sampler,
         steps=args.steps, cond_scale=args.cond_scale)
     print(json.dumps({k: result[k] for k in ("task", "method", "guidance_weight", "sample_seconds")}))

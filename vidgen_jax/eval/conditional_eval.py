@@ -8,6 +8,8 @@ motion: the object kept and its motion continued) and 'boundary_jump' (mean abso
 the boundary divided by the mean change between consecutive frames inside segments: 1 means the cut is as
 smooth as the video elsewhere, larger means a visible jump).
 
+Super-resolution: the same accuracies plus PSNR against the real clips (`psnr`).
+
 Prediction (`score_prediction`): real clips rendered for each prompt give their first frames to the model;
 the evaluator reads the completed clip (given frames included, as the clip a user gets) and the motion
 accuracy says whether the model continued the given motion.
@@ -60,19 +62,28 @@ def score_extension(videos, prompts, evaluator: ev.Evaluator) -> dict:
   return out
 
 
+def psnr(a, b) -> float:
+  """Mean over videos of the PSNR (dB) between uint8 videos a and b (N, T, H, W, 3)."""
+  mse = np.mean(np.square(a.astype(np.float64) - b.astype(np.float64)), axis=tuple(range(1, a.ndim)))
+  return float(np.mean(10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
 def score_prediction(videos, prompts, evaluator: ev.Evaluator) -> dict:
   """Accuracy of completed clips (N, 8, H, W, 3) against the prompts whose real clips gave the frames."""
   return metrics.accuracy(metrics.correctness(evaluator.read(np.asarray(videos)), list(prompts)))
 
 
-TASKS = ("extension", "prediction")
+TASKS = ("extension", "prediction", "superres")
 
 
 def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0, step=None, num_frames: int = 32,
-                     given: int = 2, method: str = "reconstruction", guidance_weight=None, overlap=None,
-                     gen=None, fps: int = 8, **sampling) -> dict:
+                     given: int = 2, factor: int = 2, method: str = "reconstruction", guidance_weight=None,
+                     overlap=None, gen=None, fps: int = 8, **sampling) -> dict:
   """Runs `task` on the eval prompt set and writes WORKDIR/eval/step_N_<task>_<method>/{metrics.json,
-  samples.npz, grid.gif}; returns the metrics (scores per split: seen, heldout, all)."""
+  samples.npz, grid.gif}; returns the metrics (scores per split: seen, heldout, all).
+
+  superres: real clips average-pooled by `factor` are super-resolved (reconstruction guidance); scored by
+  the evaluator and by PSNR against the real clips, next to nearest-neighbour upsampling."""
   import json
   import pathlib
   import time
@@ -93,16 +104,25 @@ def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0,
   if task == "extension":
     videos = gen.generate_long([[p] for p in prompts], num_frames=num_frames, **common)
     score = score_extension
-  else:
+  elif task == "prediction":
     real = run_eval.real_videos(prompts, seed, gen.config.data.image_size, gen.config.data.num_frames)
     videos = gen.generate_long([[p] for p in prompts], given=real[:, :given], **common)
     score = score_prediction
+  else:   # superres: real clips average-pooled by `factor`, then super-resolved
+    real = run_eval.real_videos(prompts, seed, gen.config.data.image_size, gen.config.data.num_frames)
+    n, t, h, w, c = real.shape
+    low = real.reshape(n, t, h // factor, factor, w // factor, factor, c).mean((3, 5)).round().astype(np.uint8)
+    videos = gen.upsample(low, prompts, seed=seed, guidance_weight=guidance_weight, **sampling)
+    score = score_prediction
   seconds = time.time() - t0
   evaluator = ev.default_evaluator()
-  scores = {"all": score(videos, prompts, evaluator)}
-  for split in ("seen", "heldout"):
-    keep = splits == split
+  scores = {}
+  for split in ("all", "seen", "heldout"):
+    keep = splits == split if split != "all" else np.ones(len(prompts), bool)
     scores[split] = score(videos[keep], [p for p, k in zip(prompts, keep) if k], evaluator)
+    if task == "superres":   # against the real clips, next to nearest-neighbour upsampling of the input
+      nearest = np.repeat(np.repeat(low[keep], factor, axis=2), factor, axis=3)
+      scores[split].update(psnr=psnr(videos[keep], real[keep]), psnr_nearest=psnr(nearest, real[keep]))
   result = {"task": task, "step": gen.step, "seed": seed, "method": method,
             "guidance_weight": gen._weight(guidance_weight), "samples_per_prompt": num_samples,
             "num_frames": int(videos.shape[1]), "given": given if task == "prediction" else 0,
@@ -112,7 +132,10 @@ def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0,
     frozen = np.repeat(run_eval.real_videos(prompts, seed, gen.config.data.image_size,
                                             gen.config.data.num_frames)[:, :1], videos.shape[1], axis=1)
     result["floor_frozen"] = score_prediction(frozen, prompts, evaluator)
-  out = pathlib.Path(workdir) / "eval" / f"step_{gen.step}_{task}_{method}"
+  tag = "reconstruction" if task == "superres" else method
+  if tag == "reconstruction":
+    tag += f"_w{gen._weight(guidance_weight):g}"
+  out = pathlib.Path(workdir) / "eval" / f"step_{gen.step}_{task}_{tag}"
   out.mkdir(parents=True, exist_ok=True)
   (out / "metrics.json").write_text(json.dumps(result, indent=1))
   video_io.write_videos(out / "samples.npz", videos, prompts)
