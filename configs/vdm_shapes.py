@@ -83,9 +83,11 @@ def get_config(arg=None):
   # >0: kernel size of a zero-initialised temporal conv in every ResnetBlock (pseudo-3D, our addition);
   # 0 = the reference's space-only resnets.
   c.model.temporal_conv = v.get("temporal_conv", 0)
-  # True: the middle's spatial attention attends over all frames and positions at once (axial rotary over
-  # frame, row, column; our addition); False = the reference's per-frame spatial attention.
-  c.model.mid_space_time = v.get("mid_space_time", False)
+  # Full space-time attention over all frames and positions at once (axial rotary over frame, row, column;
+  # our addition): "mid" replaces the middle's per-frame spatial attention, "all" also adds it after every
+  # level's temporal attention; "none" = the reference's factorised attention. Measured on the demo ("mid",
+  # 2000 steps): motion 19 / 11% seen / held-out, no gain.
+  c.model.space_time_attention = v.get("space_time_attention", "none")
   c.model.remat = False             # rematerialise blocks in the backward pass (memory for compute)
 
   c.diffusion = ConfigDict()

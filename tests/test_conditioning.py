@@ -37,6 +37,11 @@ def test_frames_observation_and_downsample():
   np.testing.assert_allclose(low[0, 0, 0, 0, 0], video[0, 0, :2, :2, 0].mean())
   with pytest.raises(ValueError, match="divisible"):
     conditioning.downsample(video, 3)
+  lowres = conditioning.lowres_observation(low + 1.0, 2)
+  projected = lowres.project(video)
+  np.testing.assert_allclose(conditioning.downsample(projected, 2), low + 1.0)   # consistent with y ...
+  np.testing.assert_allclose(projected - video, 1.0)                             # ... by the smallest change
+  np.testing.assert_array_equal(obs.project(video * 0)[:, :2], video[:, :2])
 
 
 def test_reconstruction_guidance_is_the_papers_gradient_step():

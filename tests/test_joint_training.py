@@ -26,9 +26,9 @@ def _inputs(seed=0, b=2):
   return x, cond, tokens, groups
 
 
-@pytest.mark.parametrize("mid_space_time", [False, True])
-def test_images_and_video_never_see_each_other(mid_space_time):
-  model = _model(mid_space_time=mid_space_time)
+@pytest.mark.parametrize("space_time", ["none", "all"])
+def test_images_and_video_never_see_each_other(space_time):
+  model = _model(space_time_attention=space_time)
   x, cond, tokens, groups = _inputs()
   t = jnp.array([3, 700])
   mask = jnp.ones(tokens.shape[:3], bool)

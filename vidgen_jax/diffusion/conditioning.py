@@ -12,7 +12,8 @@ any sampler of `samplers` runs with prediction='x0':
   the reconstruction error of the observation:
       x̃0 = x̂0 − (w_r · α_t / 2) · ∇_{z_t} ‖y − A(x̂0(z_t))‖²,   α_t = sqrt(ᾱ_t),
   applied to the unknown part only (the known frames are pasted anyway). For observations that are not a
-  frame selection (super-resolution) there is nothing to replace or paste and only the gradient term acts.
+  frame selection (super-resolution) there is nothing to replace; the gradient term acts, and the
+  prediction is projected onto the consistent set (x̂ + A⁺(y − A x̂)), the analogue of pasting.
 
 The gradient costs one backward pass through the (guided) model per step. The error is a sum over the
 observed elements of each sample, so w_r does not depend on the batch size.
@@ -35,18 +36,22 @@ class Observation:
 
   y: the observed values. observe: x (B, T, H, W, C) -> array shaped like y (differentiable, linear).
   known_frames: (B, T) bool when the observation is "these frames of x are y" (y then is a full-size video
-  whose unknown frames are ignored), enabling replacement and pasting; None otherwise.
+  whose unknown frames are ignored), enabling replacement; None otherwise.
+  project: x0 -> the nearest x0 consistent with y, x0 + A⁺(y − A x0) (pasting the known frames; adding
+  the upsampled low-resolution residual), applied to every prediction; None: no projection.
   """
   y: jax.Array
   observe: Callable
   known_frames: jax.Array | None = None
+  project: Callable | None = None
 
 
 def frames_observation(video, known_frames) -> Observation:
   """Known frames: `video` (B, T, H, W, C) in model space, `known_frames` (B, T) or (T,) bool."""
   known = jnp.broadcast_to(jnp.asarray(known_frames, bool), video.shape[:2])
   weight = known.astype(video.dtype)[:, :, None, None, None]
-  return Observation(y=video * weight, observe=lambda x: x * weight, known_frames=known)
+  return Observation(y=video * weight, observe=lambda x: x * weight, known_frames=known,
+                     project=lambda x0: jnp.where(known[:, :, None, None, None], video, x0))
 
 
 def downsample(x, factor: int):
@@ -57,9 +62,17 @@ def downsample(x, factor: int):
   return x.reshape(b, t, h // factor, factor, w // factor, factor, c).mean(axis=(3, 5))
 
 
+def upsample_nearest(x, factor: int):
+  return jnp.repeat(jnp.repeat(x, factor, axis=2), factor, axis=3)
+
+
 def lowres_observation(lowres, factor: int) -> Observation:
-  """Super-resolution: `lowres` (B, T, H/factor, W/factor, C) is the average-pooled full-resolution video."""
-  return Observation(y=lowres, observe=lambda x: downsample(x, factor))
+  """Super-resolution: `lowres` (B, T, H/factor, W/factor, C) is the average-pooled full-resolution video.
+
+  The projection adds the nearest-upsampled residual, so that downsample(project(x0)) == lowres exactly
+  while x0's detail inside every block is kept."""
+  return Observation(y=lowres, observe=lambda x: downsample(x, factor),
+                     project=lambda x0: x0 + upsample_nearest(lowres - downsample(x0, factor), factor))
 
 
 def _frames(mask):
@@ -89,7 +102,7 @@ def conditioned_x0_fn(x0_fn, sched, obs: Observation, *, method: str = "reconstr
     return jnp.where(_frames(known), gaussian.q_sample(sched, obs.y, t, noise), z)
 
   def paste(x0):
-    return x0 if known is None else jnp.where(_frames(known), obs.y, x0)
+    return x0 if obs.project is None else obs.project(x0)
 
   def fn(z, t):
     z = replace(z, t)

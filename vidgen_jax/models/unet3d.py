@@ -104,9 +104,10 @@ class Unet3D(nn.Module):
   # Our addition, 0 = off (reference): kernel size of a zero-initialised temporal conv inside every
   # ResnetBlock that gets the time/text embedding (see `unet3d_blocks.ResnetBlock`).
   temporal_conv: int = 0
-  # Our addition, off by default: the middle's per-frame spatial attention becomes full space-time attention
-  # over all T*H*W tokens with axial rotary positions (`unet3d_blocks.SpaceTimeAttentionBlock`).
-  mid_space_time: bool = False
+  # Our addition, "none" by default: full space-time attention over all T*H*W tokens with axial rotary
+  # positions (`unet3d_blocks.SpaceTimeAttentionBlock`). "mid": replaces the middle's per-frame spatial
+  # attention; "all": also after the temporal attention of every level.
+  space_time_attention: str = "none"
   # Checkpoints of the reference before 0.7.0: GroupNorm(resnet_groups) in every Block instead of RMSNorm.
   resnet_groups: int | None = None
 
@@ -117,6 +118,8 @@ class Unet3D(nn.Module):
           "features with a dim-wide stream and expects dim * 2 channels (the reference crashes there)")
     if self.text_cond_mlp and (self.text_token_dim is None or self.cond_dim is None):
       raise ValueError("text_cond_mlp needs text_token_dim and cond_dim (it pools projected text tokens into cond)")
+    if self.space_time_attention not in ("none", "mid", "all"):
+      raise ValueError(f"space_time_attention must be none, mid or all, got {self.space_time_attention!r}")
     if self.init_kernel_size % 2 != 1:
       raise ValueError(f"init_kernel_size must be odd, got {self.init_kernel_size}")
     super().__post_init__()
@@ -216,8 +219,11 @@ class Unet3D(nn.Module):
         emb = jnp.broadcast_to(emb[:, None], (batch, frames, emb.shape[-1]))
       emb = jnp.concatenate([emb, cond], axis=-1)
 
-    def attend(x, prefix):
+    def attend(x, prefix, space_time=self.space_time_attention == "all"):
       x = temporal(f"{prefix}temporal_attn")(x, pos_bias, frame_mask)
+      if space_time:
+        x = maybe_remat(blocks.SpaceTimeAttentionBlock)(self.attn_heads, _SPATIAL_DIM_HEAD, dtype=self.dtype,
+                                                        name=f"{prefix}space_time_attn")(x, group_mask)
       if text is not None and self.cross_attention:
         x = cross(f"{prefix}cross_attn")(x, *text)
       return x
@@ -236,12 +242,12 @@ class Unet3D(nn.Module):
 
     mid_dim = dims[-1]
     x = resnet(mid_dim, "mid_block1")(x, emb)
-    if self.mid_space_time:
+    if self.space_time_attention in ("mid", "all"):
       x = maybe_remat(blocks.SpaceTimeAttentionBlock)(self.attn_heads, _SPATIAL_DIM_HEAD, dtype=self.dtype,
                                                       name="mid_space_time_attn")(x, group_mask)
     else:
       x = spatial_cls(self.attn_heads, _SPATIAL_DIM_HEAD, dtype=self.dtype, name="mid_spatial_attn")(x)
-    x = attend(x, "mid_")
+    x = attend(x, "mid_", space_time=False)
     x = resnet(mid_dim, "mid_block2")(x, emb)
 
     for i, (dim_in, _) in enumerate(reversed(in_out)):

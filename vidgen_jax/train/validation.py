@@ -54,6 +54,7 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
   if tk < 0 or (tk and tk % 2 == 0):
     p.append(f"model.temporal_conv={tk} must be 0 (off) or an odd kernel size")
 
+  _choice(p, "model.space_time_attention", m.get("space_time_attention", "none"), ("none", "mid", "all"))
   _choice(p, "diffusion.schedule", df.schedule, ("cosine", "linear"))
   _choice(p, "diffusion.prediction", df.prediction, ("eps", "v", "x0"))
   _choice(p, "diffusion.loss", df.loss, ("l1", "l2"))

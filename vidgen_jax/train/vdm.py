@@ -70,7 +70,7 @@ def build_model(config, text_dim: int):
       cross_attention=m.cross_attention, text_cond_mlp=(text_dim and m.get("text_cond_mlp")) or None,
       dtype=_DTYPES[config.train.compute_dtype], remat=m.remat,
       max_frames_embedding=m.get("max_frames_embedding") or None, temporal_conv=m.get("temporal_conv", 0),
-      resnet_groups=m.get("resnet_groups") or None, mid_space_time=bool(m.get("mid_space_time", False)))
+      resnet_groups=m.get("resnet_groups") or None, space_time_attention=m.get("space_time_attention", "none"))
   unet = Unconditional(unet) if uncond else unet
   return unet if m.patch_size == 1 else patched.Patched(unet, m.patch_size)
 
