@@ -1,0 +1,1 @@
+"""MaskGIT / Token-Critic algorithms as pure functions (mask schedules, training masks and losses, decoding)."""
