@@ -241,7 +241,14 @@ def _sample(args) -> int:
   ext = os.path.splitext(args.out)[1].lower()
   if ext not in (".gif", ".mp4", ".npz"):
     raise ValueError(f"--out {args.out!r}: the extension must be .gif, .mp4 or .npz")
-  gen = generate.Generator.from_workdir(args.workdir, step=args.step)
+  gen = generate.load_generator(args.workdir, step=args.step)
+  family = gen.config.get("family", "vdm")
+  if family == "cvivit":
+    raise ValueError(f"{args.workdir} is a C-ViViT tokenizer (it reconstructs, it does not generate): train a "
+                     "Phenaki model on it (configs/phenaki_shapes.py) and sample that")
+  if family != "vdm" and (args.lowres or args.given or args.num_frames):
+    raise ValueError("--lowres, --given and --num-frames are video-diffusion features; a Phenaki workdir makes "
+                     "stories with several --prompt and --segment-frames")
   sampling = dict(sampler=args.sampler, steps=args.steps, cond_scale=args.cond_scale)
   conditional = dict(method=args.method, guidance_weight=args.guidance_weight, overlap=args.overlap)
   window = gen.config.data.num_frames

@@ -155,7 +155,7 @@ class LFQ(nn.Module):
 
 
 def _l2norm(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+  return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + 1e-12)   # finite gradient at 0
 
 
 class VQ(nn.Module):

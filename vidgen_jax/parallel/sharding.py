@@ -77,6 +77,8 @@ def logical_to_sharding(abstract_tree, mesh: Mesh, rules) -> object:
   unboxed = nn.meta.unbox(abstract_tree)
 
   def one(spec, leaf):
+    if not hasattr(leaf, "shape"):   # an empty node (e.g. optax's MaskedNode of a multi_transform): no arrays
+      return leaf
     mesh_spec = nn.logical_to_mesh_axes(tuple(spec), rules) if spec is not None else P()
     return NamedSharding(mesh, fit_spec(leaf.shape, mesh_spec, mesh))
 

@@ -1,0 +1,92 @@
+"""C-ViViT video tokenizer (Phenaki stage 1) on the built-in moving-shapes data.
+
+  vidgen train --config configs/cvivit_shapes.py --workdir workdirs/cvivit
+  then configs/phenaki_shapes.py with --config.tokenizer.workdir=workdirs/cvivit
+
+Arguments (after ':'): variant=shapes|S (S: the CViViT-S benchmark model of DESIGN.md), runlocal=True (a
+seconds-long smoke run). Clips have 1 + 4 * 2 = 9 frames: the first frame is patched alone, the rest in
+2-frame patches, so a clip is 5 token steps of (32/4)^2 = 64 tokens.
+"""
+from vidgen_jax.configs import ConfigDict, parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, variant="shapes", runlocal=False)
+  c = ConfigDict()
+  c.family = "cvivit"
+  c.variant = arg.variant
+  c.seed = 0
+
+  c.data = ConfigDict()
+  c.data.source = "moving_shapes"
+  c.data.folder = ""
+  c.data.image_size = 32
+  c.data.num_frames = 9             # 1 + k * model.temporal_patch_size
+  c.data.num_examples = 1_000_000
+  c.data.split = "train"
+  c.data.pad = "zeros"
+  c.data.seed = 0
+
+  c.model = ConfigDict()
+  c.model.dim = 128 if arg.variant == "S" else 64
+  c.model.patch_size = 4
+  c.model.temporal_patch_size = 2
+  c.model.spatial_depth = 2
+  c.model.temporal_depth = 2
+  c.model.heads = 4
+  c.model.dim_head = 32
+  # lfq (phenaki's default; codebook_size a power of 2) | fsq (levels below; no collapse by construction)
+  c.model.quantizer = "lfq" if arg.variant == "S" else "fsq"
+  c.model.codebook_size = 4096
+  c.model.fsq_levels = (8, 8, 8)    # fsq: 512 codes
+
+  c.loss = ConfigDict()
+  c.loss.gan_weight = 0.0           # > 0: hinge GAN on one frame per clip with the adaptive weight
+  c.loss.gp_weight = 10.0           # gradient penalty of the discriminator on real frames
+  c.loss.disc_base_dim = 16
+
+  c.optim = ConfigDict()
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 100
+  c.optim.decay = "cosine"
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.99
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 1.0
+  c.optim.ema_decay = 0.995
+
+  c.train = ConfigDict()
+  c.train.batch_size = 16
+  c.train.num_steps = 2000
+  c.train.gan_start = 1000          # GAN terms start here (reconstruction first)
+  c.train.log_every = 50
+  c.train.ckpt_every = 500
+  c.train.keep_ckpts = 2
+  c.train.sample_every = 0
+  c.train.max_bad_steps = 20
+
+  c.sample = ConfigDict()
+  c.sample.prompts = ("a red circle moving right", "a green square rotating clockwise", "a blue triangle growing")
+
+  c.mesh = ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.sharding = ConfigDict()
+  c.sharding.preset = "fsdp"
+  c.sharding.extra_rules = ()
+  c.text = ConfigDict()             # unused by the tokenizer; kept so every family's config has one
+  c.text.encoder = "minilm"
+  c.text.path = ""
+  c.text.max_length = 16
+
+  if arg.runlocal:
+    c.data.image_size, c.data.num_frames = 16, 5
+    c.model.dim, c.model.spatial_depth, c.model.temporal_depth, c.model.heads, c.model.dim_head = 16, 1, 1, 2, 8
+    c.model.fsq_levels = (5, 5, 4)
+    c.loss.gan_weight, c.loss.disc_base_dim = 0.1, 4
+    c.train.batch_size, c.train.num_steps, c.train.gan_start = 4, 4, 2
+    c.train.log_every, c.train.ckpt_every = 2, 2
+    c.optim.warmup_steps = 2
+    c.sample.prompts = c.sample.prompts[:2]
+  return c

@@ -1,0 +1,97 @@
+"""Phenaki stage 2: MaskGIT text-to-token transformer (and Token-Critic) over a trained C-ViViT.
+
+  vidgen train --config configs/phenaki_shapes.py --workdir workdirs/phenaki --config.tokenizer.workdir=workdirs/cvivit
+  vidgen sample --workdir workdirs/phenaki --prompt "a red circle moving right" --out red.gif
+  vidgen eval --workdir workdirs/phenaki
+
+Arguments: variant=shapes|S (S: the MaskGIT-S benchmark model of DESIGN.md), runlocal=True (smoke run).
+Data, frames and image size must match the tokenizer's; the tokenizer is copied (frozen) into this run's
+checkpoints.
+"""
+from vidgen_jax.configs import ConfigDict, parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, variant="shapes", runlocal=False)
+  c = ConfigDict()
+  c.family = "phenaki"
+  c.variant = arg.variant
+  c.seed = 0
+
+  c.tokenizer = ConfigDict()
+  c.tokenizer.workdir = ""          # a trained configs/cvivit_shapes.py workdir (required)
+
+  c.data = ConfigDict()
+  c.data.source = "moving_shapes"
+  c.data.folder = ""
+  c.data.image_size = 32
+  c.data.num_frames = 9
+  c.data.num_examples = 1_000_000
+  c.data.split = "train"
+  c.data.pad = "zeros"
+  c.data.seed = 0
+
+  c.text = ConfigDict()
+  c.text.encoder = "minilm"
+  c.text.path = ""
+  c.text.max_length = 16
+
+  c.model = ConfigDict()
+  c.model.dim = 128
+  c.model.depth = 4
+  c.model.heads = 4
+  c.model.dim_head = 32
+  c.model.critic = False            # True: also train a Token-Critic that picks the tokens to re-mask
+  c.model.critic_depth = 2
+
+  c.optim = ConfigDict()
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 100
+  c.optim.decay = "cosine"
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.99
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 1.0
+  c.optim.ema_decay = 0.995
+
+  c.train = ConfigDict()
+  c.train.batch_size = 16
+  c.train.num_steps = 2000
+  c.train.mask_schedule = "cosine"  # cosine | linear | square (also used when decoding)
+  c.train.cfg_drop_prob = 0.1       # condition dropout (trains the null text for guidance)
+  c.train.log_every = 50
+  c.train.ckpt_every = 500
+  c.train.keep_ckpts = 2
+  c.train.sample_every = 0
+  c.train.max_bad_steps = 20
+
+  c.sample = ConfigDict()
+  c.sample.steps = 12               # MaskGIT decoding iterations
+  c.sample.cond_scale = 3.0
+  c.sample.temperature = 1.0        # annealed linearly to 0 over the steps
+  c.sample.prompts = ("a red circle moving right", "a green square moving up", "a blue triangle moving left",
+                      "a yellow circle moving down")
+
+  c.eval = ConfigDict()
+  c.eval.num_samples = 2
+
+  c.mesh = ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.sharding = ConfigDict()
+  c.sharding.preset = "fsdp"
+  c.sharding.extra_rules = ()
+
+  if arg.runlocal:
+    c.data.image_size, c.data.num_frames = 16, 5
+    c.model.dim, c.model.depth, c.model.heads, c.model.dim_head, c.model.critic_depth = 16, 1, 2, 8, 1
+    c.model.critic = True
+    c.text.max_length = 12
+    c.train.batch_size, c.train.num_steps = 4, 4
+    c.train.log_every, c.train.ckpt_every = 2, 2
+    c.optim.warmup_steps = 2
+    c.sample.steps = 3
+    c.sample.prompts = c.sample.prompts[:2]
+    c.eval.num_samples = 1
+  return c

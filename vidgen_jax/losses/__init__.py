@@ -1,0 +1,1 @@
+"""Losses shared by model families (GAN terms of tokenizer training)."""

@@ -1,0 +1,147 @@
+"""C-ViViT tokenizer training (Phenaki stage 1): the family interface and the one train step.
+
+The train state's params are {'tokenizer': {'params': ...}, 'discriminator': {'params': ...}}; one optax
+`multi_transform` holds the generator's and the discriminator's optimizers, so a single TrainState (and one
+checkpoint) carries both. Each step, in one jitted function:
+
+  recon loss   = MSE(recon, video) + quantizer aux loss                     (video in [0, 1])
+  GAN (from step train.gan_start, weight loss.gan_weight > 0): one random frame per video,
+  generator    = hinge generator loss on D(recon frame), weighted by VQGAN's adaptive weight
+                 ‖∇recon‖/‖∇gan‖ at the decoder's output kernel (two backward passes, added by linearity)
+  discriminator= hinge(D(real), D(stop_grad(recon))) + gradient penalty on the real frames
+
+Monitoring: codebook usage and perplexity of the batch's indices are logged every log_every steps
+(codebook collapse is this family's known failure); FSQ has no collapse mode, LFQ fights it with its
+entropy loss. (The EMA-VQ quantizer's mutable codebook is not trained by this step: choose lfq or fsq.)
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vidgen_jax.losses import gan
+from vidgen_jax.models.cvivit import CViViT
+from vidgen_jax.models.discriminator import FrameDiscriminator
+from vidgen_jax.train import state as state_lib
+
+NEEDS_TEXT = False
+BATCH_NDIMS = {"video": 5}
+
+
+def build_model(config) -> CViViT:
+  m = config.model
+  return CViViT(dim=m.dim, image_size=config.data.image_size, patch_size=m.patch_size,
+                temporal_patch_size=m.temporal_patch_size, spatial_depth=m.spatial_depth,
+                temporal_depth=m.temporal_depth, heads=m.heads, dim_head=m.dim_head, quantizer=m.quantizer,
+                codebook_size=m.codebook_size, fsq_levels=tuple(m.fsq_levels))
+
+
+def validate(config, num_devices: int, num_processes: int = 1):
+  from vidgen_jax.train.validation import ConfigError
+  p, m, d = [], config.model, config.data
+  if m.quantizer not in ("lfq", "fsq"):
+    p.append(f"model.quantizer={m.quantizer!r}: training supports lfq and fsq (vq's EMA codebook is not "
+             "updated by the train step)")
+  if m.quantizer == "lfq" and (m.codebook_size < 2 or m.codebook_size & (m.codebook_size - 1)):
+    p.append(f"model.codebook_size={m.codebook_size}: LFQ needs a power of 2")
+  if (d.num_frames - 1) % m.temporal_patch_size:
+    p.append(f"data.num_frames={d.num_frames}: C-ViViT needs 1 + k * model.temporal_patch_size frames")
+  if d.image_size % m.patch_size:
+    p.append(f"data.image_size={d.image_size} must be divisible by model.patch_size={m.patch_size}")
+  if config.train.batch_size % max(num_devices, 1) and config.mesh.data == -1:
+    p.append(f"train.batch_size={config.train.batch_size} must be divisible by the {num_devices} devices")
+  if p:
+    raise ConfigError(p)
+  return config
+
+
+def make_optimizer(config):
+  tx_g, lr_fn = state_lib.make_optimizer(config.optim, config.train.num_steps)
+  tx_d, _ = state_lib.make_optimizer(config.optim, config.train.num_steps)
+  labels = lambda params: {"tokenizer": jax.tree.map(lambda _: "g", params["tokenizer"]),
+                           "discriminator": jax.tree.map(lambda _: "d", params["discriminator"])}
+  return optax.multi_transform({"g": tx_g, "d": tx_d}, labels), lr_fn
+
+
+def build_components(config, text_encoder=None) -> dict:
+  return {"model": build_model(config), "discriminator": FrameDiscriminator(config.loss.disc_base_dim),
+          "optimizer": make_optimizer(config)}
+
+
+def make_state_fn(run):
+  d = run.config.data
+
+  def fn(key):
+    k_tok, k_disc, k_train = jax.random.split(key, 3)
+    video = jnp.zeros((1, d.num_frames, d.image_size, d.image_size, 3), jnp.float32)
+    params = {"tokenizer": run.model.init(k_tok, video),
+              "discriminator": run.parts["discriminator"].init(k_disc, video[:, 0])}
+    return state_lib.create_state(params, run.tx, k_train)
+  return fn
+
+
+def step_fn(run):
+  return functools.partial(train_step, model=run.model, disc=run.parts["discriminator"], tx=run.tx,
+                           config=run.config)
+
+
+def host_batch(run, batch: dict) -> dict:
+  return batch
+
+
+def to_unit(video_uint8):
+  return video_uint8.astype(jnp.float32) / 255.0
+
+
+def _random_frames(rng, video):
+  b, t = video.shape[:2]
+  idx = jax.random.randint(rng, (b,), 0, t)
+  return jnp.take_along_axis(video, idx.reshape(b, 1, 1, 1, 1), axis=1)[:, 0]
+
+
+def train_step(state, batch, *, model, disc, tx, config):
+  rng = state.step_key()
+  k_frame, _ = jax.random.split(rng)
+  video = to_unit(batch["video"])
+  tok, dvars = state.params["tokenizer"], state.params["discriminator"]
+  lc = config.loss
+  gan_on = (lc.gan_weight > 0) & (state.step >= config.train.gan_start)
+
+  def recon_loss(tok):
+    recon, indices, aux = model.apply(tok, video, train=True)
+    mse = jnp.mean(jnp.square(recon - video))
+    return mse + aux["loss"], (recon, indices, aux, mse)
+
+  def gen_loss(tok):
+    recon, _, _ = model.apply(tok, video, train=True)
+    return gan.hinge_generator_loss(disc.apply(dvars, _random_frames(k_frame, recon)))
+
+  (rec_total, (recon, indices, aux, mse)), g_rec = jax.value_and_grad(recon_loss, has_aux=True)(tok)
+  if lc.gan_weight > 0:   # static: without GAN neither the discriminator nor the second backward pass runs
+    g_gan = jax.grad(gen_loss)(tok)
+    last = lambda g: g["params"]["to_pixels"]["kernel"]
+    weight = jnp.where(gan_on, lc.gan_weight * gan.adaptive_weight(last(g_rec), last(g_gan)), 0.0)
+    g_tok = jax.tree.map(lambda a, b: a + weight * b, g_rec, g_gan)
+    real = _random_frames(k_frame, video)
+    fake = jax.lax.stop_gradient(_random_frames(k_frame, recon))
+
+    def disc_loss(dvars):
+      d_fn = lambda x: disc.apply(dvars, x)
+      return (gan.hinge_discriminator_loss(d_fn(real), d_fn(fake))
+              + gan.gradient_penalty(d_fn, real, lc.gp_weight))
+
+    d_loss, g_d = jax.value_and_grad(disc_loss)(dvars)
+    g_d = jax.tree.map(lambda g: jnp.where(gan_on, g, 0.0), g_d)
+  else:
+    weight, g_tok, d_loss = jnp.zeros(()), g_rec, jnp.zeros(())
+    g_d = jax.tree.map(jnp.zeros_like, dvars)
+  grads = {"tokenizer": g_tok, "discriminator": g_d}
+  grad_norm = optax.tree.norm(grads)
+  ok = jnp.isfinite(rec_total) & jnp.isfinite(grad_norm)
+  new_state = state_lib.apply_update(state, grads, tx, config.optim.ema_decay, ok)
+  psnr = -10.0 * jnp.log10(jnp.maximum(jnp.mean(jnp.square(jnp.clip(recon, 0, 1) - video)), 1e-10))
+  metrics = {"loss": rec_total, "recon_mse": mse, "psnr": psnr, "quantizer_loss": aux["loss"],
+             "codebook_usage": aux["usage"], "perplexity": aux["perplexity"], "disc_loss": d_loss,
+             "gan_weight": weight, "grad_norm": grad_norm, "finite": ok}
+  return new_state, metrics
