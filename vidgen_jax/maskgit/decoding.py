@@ -1,15 +1,29 @@
-"""MaskGIT iterative parallel decoding (Chang et al. 2022), optionally Token-Critic guided, as one lax loop.
+"""MaskGIT iterative parallel decoding (Chang et al. 2022), optionally critic-guided (Token-Critic, Lezama et
+al. 2022), as one `lax.scan` over a static number of steps. Independent of any network: the generator is a
+callable.
 
-`maskgit_decode(logits_fn, rng, ...)` starts from all positions masked (except fixed prime tokens and
-padding) and runs `steps` iterations: at step i it samples every masked position from the (guided)
-logits with temperature τ_i = temperature·(1 − (i+1)/steps) (annealed to 0), then re-masks the
-num_masked((i+1)/steps) least confident of the positions it was free to choose. Confidence is the
-sampled token's log-probability plus Gumbel noise scaled by τ_i (MaskGIT), or, with `critic_fn`, minus
-the critic's "fake" logit (Token-Critic: the critic picks what to re-mask). The last step leaves nothing
-masked.
+  logits_fn(tokens, null) -> (B', N, V) float logits
+      tokens (B', N) int32, mask_id at masked positions, pad_id at padding; null (B',) bool, True = drop the
+      condition (the unconditional / null-text pass). With guidance B' = 2B (both passes in one batch: rows
+      [:B] conditional, [B:] null), otherwise B' = B. Logits at index mask_id and above, if V includes them,
+      are never sampled.
+  critic_fn(tokens (B, N) int32) -> (B, N) float logits that a token is fake (re-masked first).
 
-  logits_fn(tokens (B, N) int32 with mask_id at masked positions, null (B,) bool) -> (B, N, V) logits
-  critic_fn(tokens (B, N)) -> (B, N) logits that a token is fake (re-masked first)
+Decoding starts with every free position masked (free = valid and not primed). Step i = 0 … steps−1, with
+r = (i+1)/steps:
+  1. logits = guided_logits(...) (null + cond_scale·(cond − null)), optionally top-k filtered;
+  2. every masked position is sampled at temperature τ = temperature·(1 − r) (annealed linearly to 0, so the
+     last step takes the argmax; phenaki-pytorch anneals its sampling temperature the same way);
+  3. scores: MaskGIT confidence = log softmax(logits)[sampled] + τ_c·Gumbel noise, τ_c = choice_temperature·
+     (1 − r); the candidates for re-masking are the positions sampled at this step (decoded tokens stay).
+     With critic_fn (Token-Critic): confidence = −critic_fn(filled tokens) + τ_c·Gumbel and every free
+     position is a candidate, so the critic may send back a token decoded at an earlier step. With
+     self_critic: the critic score of a token is the generator's own log-probability of it when it was
+     sampled (kept across steps), again over every free position;
+  4. the num_masked(r, n_free) lowest-confidence candidates are masked again (schedule.num_masked: ceil of
+     gamma(r)·n_free, >= 1 before the last step, 0 after it), so the last step leaves nothing masked.
+Prime positions (prime frames, the end of a previous scene) are given and never change; padding positions
+(valid False) stay pad_id and are never sampled.
 """
 import jax
 import jax.numpy as jnp
@@ -20,60 +34,113 @@ _NEG = -1e9
 
 
 def guided_logits(logits_fn, tokens, cond_scale):
-  """Classifier-free guidance null + (cond − null)·scale, both passes in one doubled batch."""
+  """float32 (B, N, V) classifier-free guided logits null + cond_scale·(cond − null).
+
+  cond_scale 1 (a Python number) runs only the conditional pass and 0 only the null one; otherwise both run
+  in one doubled batch (tokens repeated; null False for the first B rows, True for the last B). cond_scale may
+  be traced (then both passes always run).
+  """
   b = tokens.shape[0]
-  if isinstance(cond_scale, (int, float)) and cond_scale == 1:
-    return logits_fn(tokens, jnp.zeros((b,), bool))
-  out = logits_fn(jnp.concatenate([tokens, tokens]), jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)]))
-  cond, null = out[:b].astype(jnp.float32), out[b:].astype(jnp.float32)
-  return null + (cond - null) * cond_scale
+  if isinstance(cond_scale, (int, float)) and cond_scale in (0, 1):
+    return logits_fn(tokens, jnp.full((b,), cond_scale == 0)).astype(jnp.float32)
+  null = jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)])
+  out = logits_fn(jnp.concatenate([tokens, tokens]), null).astype(jnp.float32)
+  cond, uncond = out[:b], out[b:]
+  return uncond + jnp.asarray(cond_scale, jnp.float32) * (cond - uncond)
 
 
-def maskgit_decode(logits_fn, rng, *, batch: int, num_tokens: int, steps: int, mask_id: int,
-                   schedule: str = "cosine", temperature: float = 1.0, cond_scale=1.0, prime_tokens=None,
-                   prime_mask=None, valid=None, critic_fn=None, return_history: bool = False):
-  """Decodes (B, N) int32 tokens. prime_tokens/prime_mask (B, N): positions given in advance (prime frames,
-  the end of the previous scene), never changed. valid (B, N) bool: False positions are padding and come
-  out as mask_id. `steps` and the shapes are static; temperature and cond_scale may be traced.
-  With return_history, also returns the (steps, B) number of masked tokens after every step."""
-  n = num_tokens
-  valid = jnp.ones((batch, n), bool) if valid is None else valid.astype(bool)
-  fixed = jnp.zeros((batch, n), bool) if prime_mask is None else prime_mask.astype(bool) & valid
+def topk_filter_logits(logits, k: int):
+  """Keeps the k largest logits of every position (ties with the k-th are kept too) and sets the rest to a
+  large negative value, so sampling only ever picks among the top k."""
+  kth = jax.lax.top_k(logits, k)[0][..., -1:]
+  return jnp.where(logits >= kth, logits, _NEG)
+
+
+def sample_tokens(rng, logits, temperature=1.0, mask_id=None):
+  """int32 draws from softmax(logits / temperature) over the last axis (argmax where temperature is 0);
+  logits at index mask_id and above are excluded when the vocabulary includes them. temperature may be
+  traced."""
+  logits = logits.astype(jnp.float32)
+  if mask_id is not None and logits.shape[-1] > mask_id:
+    logits = logits.at[..., mask_id:].set(_NEG)
+  temperature = jnp.asarray(temperature, jnp.float32)
+  drawn = jax.random.categorical(rng, logits / jnp.maximum(temperature, 1e-6), axis=-1)
+  return jnp.where(temperature > 0, drawn, jnp.argmax(logits, -1)).astype(jnp.int32)
+
+
+def _check_args(steps, prime_tokens, prime_mask, critic_fn, self_critic, topk_filter):
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be a Python int >= 1, got {steps!r}")
+  if (prime_tokens is None) != (prime_mask is None):
+    raise ValueError("prime_tokens and prime_mask go together")
+  if critic_fn is not None and self_critic:
+    raise ValueError("give critic_fn or self_critic, not both")
+  if topk_filter is not None and (not isinstance(topk_filter, int) or topk_filter < 1):
+    raise ValueError(f"topk_filter must be a Python int >= 1 or None, got {topk_filter!r}")
+
+
+def maskgit_decode(logits_fn, rng, *, batch: int, num_tokens: int, steps: int, mask_id: int, schedule="cosine",
+                   temperature=1.0, choice_temperature=None, cond_scale=1.0, prime_tokens=None, prime_mask=None,
+                   valid=None, critic_fn=None, self_critic: bool = False, topk_filter=None, pad_id=None,
+                   return_history: bool = False, return_states: bool = False):
+  """Decodes (batch, num_tokens) int32 tokens in `steps` steps (see the module docstring).
+
+  schedule: a schedule name or callable (schedule.gamma). temperature: the sampling temperature at the start,
+  annealed linearly to 0. choice_temperature: the scale of the Gumbel noise on the re-masking scores at the
+  start, annealed likewise (None: the same as temperature; MaskGIT uses 4.5). cond_scale: guidance scale
+  (1: conditional only). prime_tokens / prime_mask (B, N): positions given in advance, never changed.
+  valid (B, N) or (N,) bool: False marks padding of shorter videos, left as pad_id (default mask_id) and fed to
+  logits_fn as such. critic_fn / self_critic: re-mask by a critic instead of the sampling confidence.
+  topk_filter: sample only among the k most likely tokens.
+  `batch`, `num_tokens`, `steps`, the flags and topk_filter are static; rng, temperature, choice_temperature,
+  cond_scale and the arrays may be traced. Returns the tokens; with return_history also the (steps, B) int32
+  number of valid positions still masked after every step; with return_states also the (steps, B, N) tokens
+  after every step (order: tokens, history, states).
+  """
+  _check_args(steps, prime_tokens, prime_mask, critic_fn, self_critic, topk_filter)
+  shape = (batch, num_tokens)
+  pad_id = mask_id if pad_id is None else pad_id
+  valid = jnp.ones(shape, bool) if valid is None else jnp.broadcast_to(jnp.asarray(valid, bool), shape)
+  fixed = jnp.zeros(shape, bool) if prime_mask is None else jnp.broadcast_to(jnp.asarray(prime_mask, bool), shape)
+  fixed = fixed & valid
   free = valid & ~fixed
-  tokens = jnp.full((batch, n), mask_id, jnp.int32)
-  if prime_tokens is not None:
-    tokens = jnp.where(fixed, prime_tokens.astype(jnp.int32), tokens)
   num_free = free.sum(-1)
+  tokens = jnp.where(valid, mask_id, pad_id).astype(jnp.int32)
+  if prime_tokens is not None:
+    tokens = jnp.where(fixed, jnp.broadcast_to(jnp.asarray(prime_tokens, jnp.int32), shape), tokens)
+  temperature = jnp.asarray(temperature, jnp.float32)
+  choice_temperature = temperature if choice_temperature is None else jnp.asarray(choice_temperature, jnp.float32)
+  whole_sequence = critic_fn is not None or self_critic   # Token-Critic style: any free token may go back
 
-  def body(i, carry):
-    tokens, history = carry
-    key = jax.random.fold_in(rng, i)
-    k_sample, k_gumbel = jax.random.split(key)
-    masked = tokens == mask_id
+  def step(carry, i):
+    tokens, masked, scores = carry
+    r = (i + 1).astype(jnp.float32) / steps
+    k_sample, k_noise = jax.random.split(jax.random.fold_in(rng, i))
     logits = guided_logits(logits_fn, tokens, cond_scale)
-    logits = logits.at[..., mask_id:].set(_NEG) if logits.shape[-1] > mask_id else logits
-    tau = temperature * (1.0 - (i + 1) / steps)
-    sampled = jnp.where(tau > 0, jax.random.categorical(k_sample, logits / jnp.maximum(tau, 1e-6), axis=-1),
-                        jnp.argmax(logits, axis=-1)).astype(jnp.int32)
-    choose = masked & free
-    tokens = jnp.where(choose, sampled, tokens)
+    if logits.shape[-1] > mask_id:
+      logits = logits.at[..., mask_id:].set(_NEG)
+    if topk_filter is not None:
+      logits = topk_filter_logits(logits, topk_filter)
+    sampled = sample_tokens(k_sample, logits, temperature * (1.0 - r))
+    filled = jnp.where(masked, sampled, tokens)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), sampled[..., None], -1)[..., 0]
     if critic_fn is not None:
-      confidence = -critic_fn(tokens).astype(jnp.float32)
+      confidence = -critic_fn(filled).astype(jnp.float32)
+    elif self_critic:
+      scores = jnp.where(masked, logp, scores)
+      confidence = scores
     else:
-      logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), sampled[..., None], -1)[..., 0]
       confidence = logp
-    gumbel = -jnp.log(-jnp.log(jax.random.uniform(k_gumbel, confidence.shape, minval=1e-20, maxval=1.0)))
-    confidence = confidence + tau * gumbel
-    # Only positions chosen this step may go back to masked; everything else is kept.
-    confidence = jnp.where(choose, confidence, jnp.inf)
-    k = schedule_lib.num_masked((i + 1) / steps, num_free, schedule)          # (B,) to keep masked
-    rank = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)
-    remask = (rank < k[:, None]) & choose
-    tokens = jnp.where(remask, mask_id, tokens)
-    history = history.at[i].set((tokens == mask_id).sum(-1) - (~valid).sum(-1))
-    return tokens, history
+    candidates = free if whole_sequence else masked
+    noise = jax.random.gumbel(k_noise, shape, jnp.float32)
+    confidence = jnp.where(candidates, confidence + choice_temperature * (1.0 - r) * noise, jnp.inf)
+    k = schedule_lib.num_masked(r, num_free, schedule)                         # (B,) left masked
+    remask = (schedule_lib.rank_along_last(confidence) < k[:, None]) & candidates
+    tokens = jnp.where(remask, mask_id, filled)
+    out = (remask.sum(-1).astype(jnp.int32) if return_history else None, tokens if return_states else None)
+    return (tokens, remask, scores), out
 
-  history = jnp.zeros((steps, batch), jnp.int32)
-  tokens, history = jax.lax.fori_loop(0, steps, body, (tokens, history))
-  tokens = jnp.where(valid, tokens, mask_id)
-  return (tokens, history) if return_history else tokens
+  init = (tokens, free, jnp.zeros(shape, jnp.float32))
+  (tokens, _, _), (history, states) = jax.lax.scan(step, init, jnp.arange(steps, dtype=jnp.int32))
+  extra = tuple(x for x, want in ((history, return_history), (states, return_states)) if want)
+  return (tokens,) + extra if extra else tokens
