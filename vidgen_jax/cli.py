@@ -301,6 +301,15 @@ def _eval(args) -> int:
             f"FED seen {g['seen']['fed']:.1f} held-out {g['heldout']['fed']:.1f}")
     print("wrote " + " and ".join(result["files"]))
     return 0
+  from vidgen_jax.train import checkpoint as ckpt_lib
+  if ckpt_lib.read_config(args.workdir).get("family") == "cvivit":
+    from vidgen_jax.eval import tokenizer_eval
+    result = tokenizer_eval.evaluate_workdir(args.workdir, num_samples=args.num_samples or 4, seed=args.seed,
+                                             step=args.step)
+    for split, s in result["scores"].items():
+      print(f"{split}: {json.dumps(s)}")
+    print(f"wrote {result['dir']}/metrics.json")
+    return 0
   if args.task != "generation":
     from vidgen_jax.eval import conditional_eval
     result = conditional_eval.evaluate_workdir(
