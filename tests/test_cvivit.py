@@ -57,3 +57,12 @@ def test_earlier_tokens_do_not_see_later_frames(reference_compat):
   else:
     assert early == 0.0
     np.testing.assert_array_equal(r1[:, :5], r2[:, :5])             # decoded frames of steps 0..2 too
+
+
+def test_depthwise_conv_equals_grouped_convolution():
+  from vidgen_jax.layers.transformer import depthwise_conv3
+  x = jax.random.normal(jax.random.key(0), (2, 6, 5, 7, 4))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  ref = jax.lax.conv_general_dilated(x, kernel[:, :, :, None], (1, 1, 1), "VALID",
+                                     dimension_numbers=("NTHWC", "THWIO", "NTHWC"), feature_group_count=4)
+  np.testing.assert_allclose(depthwise_conv3(x, kernel), ref, rtol=1e-5, atol=1e-5)

@@ -1,29 +1,76 @@
-"""Transformer blocks of phenaki-pytorch (C-ViViT, MaskGIT) in Flax, channels-last.
+"""Transformer blocks of phenaki-pytorch (C-ViViT, MaskGIT, Token-Critic) in Flax, channels-last.
 
-* `CosineAttention`: pre-LayerNorm, q/k l2-normalised and scaled by learned per-channel gains, logits times
-  a fixed `scale` (8); optional causal mask with ALiBi bias; optional additive bias (e.g. the spatial
-  `ContinuousPositionBias`); optional cross-attention to a context with learned null key/values.
-* `FeedForward`: LayerNorm -> Dense(2 * inner) -> GEGLU -> Dense, inner = int(mult * 2/3 * dim).
-* `PEG`: the position-generating depthwise 3x3x3 conv over (T, H, W). `causal=True` pads time on the past
-  side only (2, 0), so a token never sees later frames. `reference_compat=True` reproduces phenaki-pytorch
-  exactly as shipped, where the temporal transformer's PEG is built with causal=False and pads (1, 1): the
-  encoder then leaks the next frame into every time step (research/anchors_pytorch.md 2.10). Only for
-  loading its checkpoints.
-* `ContinuousPositionBias`: SwinV2's MLP over log-spaced relative (dy, dx) offsets -> (heads, N, N).
-* `Transformer`: depth x [PEG?, self-attention, cross-attention?, feed-forward], residual, final LayerNorm.
+* `Attention`: phenaki's cosine-similarity attention. Pre-LayerNorm (gain only), q and k l2-normalised and
+  multiplied by learned per-channel gains `q_scale`/`k_scale`, logits times a fixed `scale` (8). Options:
+  causal (ALiBi bias + causal mask), an additive bias (e.g. `ContinuousPositionBias`), a key mask,
+  cross-attention to a layer-normed context, learned null key/values prepended to the keys (always
+  attendable, so a fully masked context is still well defined: the unconditional branch of guidance).
+* `FeedForward`: LayerNorm -> Dense(2 * inner, no bias) -> GEGLU (x * gelu(gate)) -> Dropout -> Dense,
+  inner = int(mult * (2 / 3) * dim).
+* `PEG`: position-generating depthwise 3x3x3 conv on a (B, T, H, W, C) token video. `causal=True` pads time
+  on the past side only (2, 0): step t sees steps t-2..t and never a later one. `causal=False` pads (1, 1).
+* `ContinuousPositionBias`: SwinV2's MLP over the log-spaced relative offsets sign(d) * log(|d| + 1) of every
+  pair of positions of a grid (2-D (dy, dx) for C-ViViT's spatial attention, 3-D for MaskGIT) -> (heads, N, N).
+* `Transformer`: depth x [PEG?, self-attention, cross-attention?, feed-forward], all residual, then a
+  gain-only LayerNorm. Causal or bidirectional, with or without cross-attention, with or without PEG.
+
+How the PEG sees a token sequence. The stack works on sequences (..., N, C); the PEG needs them as a video.
+The caller either passes `to_video`/`from_video` (its own exact layout) or `video_shape` (B, T, H, W), which
+reshapes (B', N, C) to (B, T, H, W, C) as a plain reshape, as phenaki-pytorch does. The plain reshape is
+right for (B, T*H*W, C) tokens in (t, h, w) order (MaskGIT), but phenaki-pytorch also uses it on C-ViViT's
+temporal sequences (B*H*W, T, C), whose memory order is (b, h, w, t): the conv then mixes scrambled
+positions, and later frames leak into earlier time steps even though its padding is causal
+(research/anchors_pytorch.md 2.10-a, issue #42). C-ViViT passes a correct `to_video` by default and the plain
+reshape only with `reference_compat=True`, to reproduce outputs of phenaki-pytorch checkpoints.
+
+`reference_compat=True` also reproduces a second quirk of phenaki-pytorch's `Attention`: self-attention keys
+and values are projected from the un-normalised input (only the queries see the LayerNorm, because
+`kv_input = default(context, x)` is taken before `x = self.norm(x)`). The default is the usual pre-norm.
+
+Randomness: dropout only (`attn_dropout`, `ff_dropout`), drawn from the flax rng stream 'dropout' when the
+call has `deterministic=False`; with the default rates of 0 no rng is needed.
+
+torch -> Flax parameter map (torch `Transformer`, per layer i; Linear weights transpose to kernels):
+  layers.i.0.dsconv.weight (C, 1, 3, 3, 3)  -> layer_i_peg/kernel = w[:, 0].transpose(1, 2, 3, 0); .bias -> bias
+  layers.i.1.{to_q, to_out}.weight          -> layer_i_attn/{to_q, to_out}/kernel = w.T
+  layers.i.1.to_kv.weight (2hd, C)          -> layer_i_attn/to_kv/kernel = w.T (columns [k | v], head-major)
+  layers.i.1.{q_scale, k_scale}              -> layer_i_attn/{q_scale, k_scale}
+  layers.i.1.norm.gamma                      -> layer_i_attn/norm/gamma   (beta buffers are zeros: dropped)
+  layers.i.2.*                               -> layer_i_cross_attn/* as above, plus context_norm/gamma and
+  layers.i.2.null_kv (h, 2n, d)              -> layer_i_cross_attn/null_kv (2, n, h, d)
+                                                = w.reshape(h, n, 2, d).transpose(2, 1, 0, 3)
+  layers.i.3.0.{weight, bias}                -> layer_i_ff/norm/{scale, bias}
+  layers.i.3.1.weight / layers.i.3.4.weight  -> layer_i_ff/proj_in/kernel, layer_i_ff/proj_out/kernel (.T)
+  norm_out.gamma                             -> norm_out/gamma
+Self-attention's empty null_kv (h, 0, d) and its dead context_norm.gamma have no counterpart.
 """
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vidgen_jax.layers import attention
+from vidgen_jax.layers import attention, norms
 
 _NEG = -jnp.finfo(jnp.float32).max
+TORCH_LAYER_NORM_EPS = 1e-5
+
+
+def layer_norm(name: str, *, use_bias: bool = True, dtype=jnp.float32) -> nn.LayerNorm:
+  """torch's nn.LayerNorm (eps 1e-5, exact variance) with a logically partitioned gain 'scale' and 'bias'."""
+  return nn.LayerNorm(epsilon=TORCH_LAYER_NORM_EPS, use_bias=use_bias, use_fast_variance=False, dtype=dtype,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)), name=name)
+
+
+def l2norm(x):
+  """x / ||x|| over the last axis (torch F.normalize), with a finite gradient at x = 0."""
+  return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + 1e-12)
 
 
 def alibi_slopes(heads: int) -> np.ndarray:
-  """ALiBi head slopes (Press et al.): geometric for powers of two, interleaved otherwise."""
+  """ALiBi head slopes (Press et al.): geometric 2^(-8i/n) for powers of two, interleaved otherwise."""
   def power_of_2(n):
     start = 2 ** (-(2 ** -(np.log2(n) - 3)))
     return [start * start ** i for i in range(n)]
@@ -33,37 +80,67 @@ def alibi_slopes(heads: int) -> np.ndarray:
   return np.asarray(power_of_2(closest) + power_of_2(2 * closest)[0::2][:heads - closest], np.float32)
 
 
-def alibi_bias(heads: int, n: int):
-  """(heads, n, n) bias −|i − j| * slope_h."""
-  dist = np.abs(np.arange(n)[None, :] - np.arange(n)[:, None]).astype(np.float32)
-  return jnp.asarray(-dist[None] * alibi_slopes(heads)[:, None, None])
+def alibi_bias(heads: int, q_len: int, k_len: int | None = None) -> np.ndarray:
+  """(heads, q_len, k_len) bias -|i - j| * slope_h, the queries aligned with the last q_len keys."""
+  k_len = q_len if k_len is None else k_len
+  qpos = np.arange(k_len - q_len, k_len)
+  dist = np.abs(np.arange(k_len)[None, :] - qpos[:, None]).astype(np.float32)
+  return -dist[None] * alibi_slopes(heads)[:, None, None]
 
 
-def _l2norm(x):
-  return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + 1e-12)   # finite gradient at 0
+def causal_mask(q_len: int, k_len: int | None = None) -> np.ndarray:
+  """(q_len, k_len) bool, True where query i may see key j (j <= i, queries aligned with the last keys)."""
+  k_len = q_len if k_len is None else k_len
+  return np.tril(np.ones((q_len, k_len), bool), k=k_len - q_len)
 
 
-class CosineAttention(nn.Module):
-  """Phenaki attention on x (..., N, C); `context` (..., M, Dc) makes it cross-attention."""
+def _attend(q, k, v, *, bias, mask, rate: float, deterministic: bool):
+  """attention.dot_product_attention, or the same with dropout on the probabilities (rng 'dropout')."""
+  if rate == 0.0 or deterministic:
+    return attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
+  qh, kh, vh = (jnp.swapaxes(t, -2, -3) for t in (q, k, v))
+  logits = jnp.einsum("...hqd,...hkd->...hqk", qh, kh, preferred_element_type=jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _NEG)
+  probs = nn.Dropout(rate)(jax.nn.softmax(logits, axis=-1), deterministic=False)
+  return jnp.swapaxes(jnp.einsum("...hqk,...hkd->...hqd", probs.astype(v.dtype), vh), -2, -3)
+
+
+class Attention(nn.Module):
+  """Phenaki attention on x (..., N, C); a `context` (..., M, Dc) makes it cross-attention.
+
+  `bias` broadcasts against the logits (..., heads, N, M) (e.g. (heads, N, N)); `mask` (..., M) bool marks the
+  keys that may be attended (True). Null key/values are always attendable and get zero bias.
+  """
   heads: int = 8
   dim_head: int = 64
   causal: bool = False
   num_null_kv: int = 0
   scale: float = 8.0
+  dropout: float = 0.0
+  kv_from_unnormed_input: bool = False     # phenaki-pytorch's self-attention quirk (module docstring)
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, context=None, bias=None, context_mask=None):
-    h, d = self.heads, self.dim_head
-    x = nn.LayerNorm(name="norm")(x)
-    kv_input = x if context is None else nn.LayerNorm(name="context_norm")(context)
-    q = attention.dense(h * d, ("embed", "heads"), name="to_q")(x).reshape(*x.shape[:-1], h, d)
-    kv = attention.dense(2 * h * d, ("embed", "heads"), name="to_kv")(kv_input)
-    k, v = (a.reshape(*kv_input.shape[:-1], h, d) for a in jnp.split(kv, 2, axis=-1))
-    mask = None
-    if context_mask is not None:
-      mask = context_mask[..., None, None, :]          # (..., 1, 1, M)
+  def __call__(self, x, context=None, *, bias=None, mask=None, deterministic: bool = True):
+    h, d, dim = self.heads, self.dim_head, x.shape[-1]
+    dense = lambda f, axes, name: attention.dense(f, axes, name=name, dtype=self.dtype)
+    normed = norms.ChannelLayerNorm(dtype=self.dtype, name="norm")(x)
+    if context is not None:
+      kv_input = norms.ChannelLayerNorm(dtype=self.dtype, name="context_norm")(context)
+    else:
+      kv_input = x.astype(self.dtype) if self.kv_from_unnormed_input else normed
+    q = dense(h * d, ("embed", "heads"), "to_q")(normed).reshape(*x.shape[:-1], h, d)
+    kv = dense(2 * h * d, ("embed", "heads"), "to_kv")(kv_input)
+    k, v = (t.reshape(*kv_input.shape[:-1], h, d) for t in jnp.split(kv, 2, axis=-1))
+    if mask is not None:
+      mask = mask.astype(bool)[..., None, None, :]                   # (..., 1, 1, M)
     if self.num_null_kv:
-      null = self.param("null_kv", nn.initializers.normal(1.0), (2, self.num_null_kv, h, d))
+      null = self.param("null_kv", nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                                (None, None, "heads", None)),
+                        (2, self.num_null_kv, h, d)).astype(self.dtype)
       lead = k.shape[:-3]
       k = jnp.concatenate([jnp.broadcast_to(null[0], lead + null.shape[1:]), k], axis=-3)
       v = jnp.concatenate([jnp.broadcast_to(null[1], lead + null.shape[1:]), v], axis=-3)
@@ -71,89 +148,139 @@ class CosineAttention(nn.Module):
         mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (self.num_null_kv,), bool), mask], axis=-1)
       if bias is not None:
         bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(self.num_null_kv, 0)])
-    q = _l2norm(q) * self.param("q_scale", nn.initializers.ones, (d,))
-    k = _l2norm(k) * self.param("k_scale", nn.initializers.ones, (d,))
+    gain = lambda name: self.param(name, nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)), (d,))
+    q = l2norm(q.astype(jnp.float32)) * gain("q_scale")
+    k = l2norm(k.astype(jnp.float32)) * gain("k_scale")
     n, m = q.shape[-3], k.shape[-3]
     if self.causal:
-      alibi = alibi_bias(h, n)
-      bias = alibi if bias is None else bias + alibi
-      causal = jnp.tril(jnp.ones((n, m), bool), k=m - n)
-      mask = causal if mask is None else mask & causal
-    out = attention.dot_product_attention(q * self.scale, k, v, bias=bias, mask=mask)
-    return attention.dense(x.shape[-1], ("heads", "embed"), name="to_out")(out.reshape(*x.shape[:-1], h * d))
+      bias = alibi_bias(h, n, m) if bias is None else bias + alibi_bias(h, n, m)
+      mask = causal_mask(n, m) if mask is None else mask & causal_mask(n, m)
+    out = _attend((q * self.scale).astype(self.dtype), k.astype(self.dtype), v, bias=bias, mask=mask,
+                  rate=self.dropout, deterministic=deterministic)
+    return dense(dim, ("heads", "embed"), "to_out")(out.reshape(*x.shape[:-1], h * d))
 
 
 class FeedForward(nn.Module):
+  """LayerNorm -> Dense(2 * inner) -> GEGLU -> Dropout -> Dense, inner = int(mult * (2 / 3) * dim)."""
   mult: float = 4.0
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, *, deterministic: bool = True):
     dim = x.shape[-1]
-    inner = int(self.mult * 2 / 3 * dim)
-    h = attention.dense(2 * inner, ("embed", "mlp"), name="proj_in")(nn.LayerNorm(name="norm")(x))
-    a, gate = jnp.split(h, 2, axis=-1)
-    return attention.dense(dim, ("mlp", "embed"), name="proj_out")(a * nn.gelu(gate, approximate=False))
+    inner = int(self.mult * (2 / 3) * dim)
+    y = layer_norm("norm", dtype=self.dtype)(x)
+    y = attention.dense(2 * inner, ("embed", "mlp"), name="proj_in", dtype=self.dtype)(y)
+    a, gate = jnp.split(y, 2, axis=-1)
+    y = nn.Dropout(self.dropout)(a * nn.gelu(gate, approximate=False), deterministic=deterministic)
+    return attention.dense(dim, ("mlp", "embed"), name="proj_out", dtype=self.dtype)(y)
+
+
+def depthwise_conv3(x, kernel):
+  """'VALID' depthwise 3x3x3 conv of x (B, T, H, W, C) with kernel (3, 3, 3, C) -> (B, T-2, H-2, W-2, C).
+
+  The same numbers as lax.conv_general_dilated with feature_group_count=C, written as 27 shifted
+  multiply-adds that XLA fuses into one loop (grouped 3-D convs are slow on XLA:CPU).
+  """
+  t, h, w = (x.shape[i] - 2 for i in (1, 2, 3))
+  out = None
+  for a in range(3):
+    for b in range(3):
+      for c in range(3):
+        term = x[:, a:a + t, b:b + h, c:c + w, :] * kernel[a, b, c]
+        out = term if out is None else out + term
+  return out
 
 
 class PEG(nn.Module):
-  """Depthwise 3x3x3 conv on (B, T, H, W, C) tokens (see the module docstring for the padding modes)."""
-  causal: bool = True
-  reference_compat: bool = False
+  """Depthwise 3x3x3 conv (+ bias) on a token video (B, T, H, W, C), zero padded to keep the shape.
+
+  causal=True pads time (2, 0) (past side only), causal=False (1, 1); space is always padded (1, 1).
+  """
+  causal: bool = False
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    time_pad = (1, 1) if self.reference_compat or not self.causal else (2, 0)
-    x = jnp.pad(x, [(0, 0), time_pad, (1, 1), (1, 1), (0, 0)])
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, 3, 1, c))
-    bias = self.param("bias", nn.initializers.zeros, (c,))
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), "VALID", dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
-                                     feature_group_count=c)
-    return y + bias
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(in_axis=(0, 1, 2),
+                                                                                          out_axis=3),
+                                                               ("conv_t", "conv_h", "conv_w", "conv_out")),
+                        (3, 3, 3, c))
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)), (c,))
+    time_pad = (2, 0) if self.causal else (1, 1)
+    x = jnp.pad(x.astype(self.dtype), [(0, 0), time_pad, (1, 1), (1, 1), (0, 0)])
+    return depthwise_conv3(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+def relative_log_positions(shape) -> np.ndarray:
+  """(N, N, len(shape)) float32 sign(d) * log(|d| + 1) of the offsets p_i - p_j of a row-major grid `shape`."""
+  pos = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, len(shape))
+  rel = (pos[:, None, :] - pos[None, :, :]).astype(np.float32)
+  return np.sign(rel) * np.log(np.abs(rel) + 1.0)
 
 
 class ContinuousPositionBias(nn.Module):
-  """(heads, H*W, H*W) bias from an MLP over sign(d) * log(|d| + 1) of every (dy, dx) offset."""
+  """`bias(*shape)` -> (heads, N, N) for the N = prod(shape) positions of a grid flattened row-major.
+
+  MLP: Dense(dim) + LeakyReLU(0.1), (layers - 1) x [Dense(dim) + LeakyReLU(0.1)], Dense(heads), applied to
+  every pairwise offset. Parameters net_0, net_1, ..., net_{layers} are torch's net.0.0, net.1.0, ..., net.{L}.
+  phenaki-pytorch builds C-ViViT's with dim = the model dim and MaskGIT's (3-D) with dim = dim_head.
+  """
   heads: int
   dim: int = 64
   layers: int = 2
 
   @nn.compact
-  def __call__(self, height: int, width: int):
-    pos = np.stack(np.meshgrid(np.arange(height), np.arange(width), indexing="ij"), -1).reshape(-1, 2)
-    rel = (pos[:, None, :] - pos[None, :, :]).astype(np.float32)
-    h = jnp.asarray(np.sign(rel) * np.log(np.abs(rel) + 1))
+  def __call__(self, *shape: int):
+    h = jnp.asarray(relative_log_positions(shape))
     for i in range(self.layers):
-      h = nn.leaky_relu(nn.Dense(self.dim, name=f"mlp_{i}")(h), 0.1)
-    return jnp.transpose(nn.Dense(self.heads, name="to_heads")(h), (2, 0, 1))
+      h = nn.leaky_relu(attention.dense(self.dim, (None, None), name=f"net_{i}", use_bias=True)(h), 0.1)
+    h = attention.dense(self.heads, (None, None), name=f"net_{self.layers}", use_bias=True)(h)
+    return jnp.transpose(h, (2, 0, 1))
 
 
 class Transformer(nn.Module):
-  """depth x [PEG?, self-attention, cross-attention?, FF] on (..., N, C), then a LayerNorm.
+  """depth x [PEG?, self-attention, cross-attention?, feed-forward] on (..., N, C), then a LayerNorm.
 
-  `peg` needs `video_shape` (B, T, H, W) of the tokens so that (..., N, C) can be laid out as a video: the
-  caller passes tokens in (b, t, h, w) order flattened any way it documents through `to_video`/`from_video`.
+  Call: `x` (B', N, C); `bias` for self-attention (e.g. (heads, N, N)); `mask` (B', N) self-attention key mask;
+  `context` (B', M, Dc) and `context_mask` (B', M) for cross-attention (skipped when `context` is None, as in
+  the reference); with `peg`, either `to_video`/`from_video` or `video_shape` (module docstring).
   """
   depth: int
   heads: int = 8
   dim_head: int = 64
   causal: bool = False
   peg: bool = False
-  peg_causal: bool = True
-  reference_compat: bool = False
+  peg_causal: bool = False
   cross_attention: bool = False
-  num_null_kv: int = 2
+  num_null_kv: int = 2                   # null key/values of the cross-attention (self-attention has none)
   ff_mult: float = 4.0
+  attn_dropout: float = 0.0
+  ff_dropout: float = 0.0
+  reference_compat: bool = False
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, bias=None, context=None, context_mask=None, to_video=None, from_video=None):
+  def __call__(self, x, *, bias=None, mask=None, context=None, context_mask=None, video_shape=None,
+               to_video: Callable | None = None, from_video: Callable | None = None,
+               deterministic: bool = True):
+    if self.peg and to_video is None:
+      if video_shape is None:
+        raise ValueError("a Transformer with peg=True needs video_shape or to_video/from_video")
+      seq_shape = x.shape
+      to_video = lambda s: s.reshape(*video_shape, s.shape[-1])
+      from_video = lambda v: v.reshape(seq_shape)
+    det = dict(deterministic=deterministic)
+    attn = dict(heads=self.heads, dim_head=self.dim_head, dropout=self.attn_dropout, dtype=self.dtype)
     for i in range(self.depth):
       if self.peg:
-        x = x + from_video(PEG(causal=self.peg_causal, reference_compat=self.reference_compat,
-                               name=f"layer_{i}_peg")(to_video(x)))
-      x = x + CosineAttention(self.heads, self.dim_head, causal=self.causal, name=f"layer_{i}_attn")(x, bias=bias)
+        x = x + from_video(PEG(self.peg_causal, dtype=self.dtype, name=f"layer_{i}_peg")(to_video(x)))
+      x = x + Attention(causal=self.causal, kv_from_unnormed_input=self.reference_compat,
+                        name=f"layer_{i}_attn", **attn)(x, bias=bias, mask=mask, **det)
       if self.cross_attention and context is not None:
-        x = x + CosineAttention(self.heads, self.dim_head, num_null_kv=self.num_null_kv,
-                                name=f"layer_{i}_cross_attn")(x, context=context, context_mask=context_mask)
-      x = x + FeedForward(self.ff_mult, name=f"layer_{i}_ff")(x)
-    return nn.LayerNorm(use_bias=False, name="norm_out")(x)
+        x = x + Attention(num_null_kv=self.num_null_kv, name=f"layer_{i}_cross_attn", **attn)(
+            x, context, mask=context_mask, **det)
+      x = x + FeedForward(self.ff_mult, self.ff_dropout, dtype=self.dtype, name=f"layer_{i}_ff")(x, **det)
+    return norms.ChannelLayerNorm(dtype=self.dtype, name="norm_out")(x)
