@@ -44,6 +44,7 @@ def get_config(arg=None):
   c.loss.gan_weight = 0.0           # > 0: hinge GAN on one frame per clip with the adaptive weight
   c.loss.gp_weight = 10.0           # gradient penalty of the discriminator on real frames
   c.loss.disc_base_dim = 16
+  c.loss.disc_attn_resolutions = (16,)   # feature-map sides where the discriminator has self-attention
 
   c.optim = ConfigDict()
   c.optim.lr = 1e-3
@@ -84,7 +85,7 @@ def get_config(arg=None):
     c.data.image_size, c.data.num_frames = 16, 5
     c.model.dim, c.model.spatial_depth, c.model.temporal_depth, c.model.heads, c.model.dim_head = 16, 1, 1, 2, 8
     c.model.fsq_levels = (5, 5, 4)
-    c.loss.gan_weight, c.loss.disc_base_dim = 0.1, 4
+    c.loss.gan_weight, c.loss.disc_base_dim, c.loss.disc_attn_resolutions = 0.1, 4, ()
     c.train.batch_size, c.train.num_steps, c.train.gan_start = 4, 4, 2
     c.train.log_every, c.train.ckpt_every = 2, 2
     c.optim.warmup_steps = 2

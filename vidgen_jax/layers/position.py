@@ -1,7 +1,9 @@
-"""Position encodings shared by the U-Net's temporal attention and the T5 text encoder."""
+"""Position encodings shared by the U-Net's temporal attention, the T5 text encoder and the phenaki transformers
+(ALiBi slopes and biases; log-spaced relative grid offsets for the continuous position bias)."""
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def t5_relative_position_bucket(relative_position, *, bidirectional=True, num_buckets=32, max_distance=128):
@@ -87,3 +89,29 @@ def apply_rotary(x, angles):
   head = head * jnp.cos(angles) + _rotate_adjacent_pairs(head) * jnp.sin(angles)
   tail = jnp.broadcast_to(tail, head.shape[:-1] + tail.shape[-1:])   # angles may add leading axes
   return jnp.concatenate([head, tail], axis=-1).astype(x.dtype)
+
+
+def alibi_slopes(heads: int) -> np.ndarray:
+  """ALiBi head slopes (Press et al.): geometric 2^(-8i/n) for powers of two, interleaved otherwise."""
+  def power_of_2(n):
+    start = 2 ** (-(2 ** -(np.log2(n) - 3)))
+    return [start * start ** i for i in range(n)]
+  if np.log2(heads).is_integer():
+    return np.asarray(power_of_2(heads), np.float32)
+  closest = 2 ** int(np.floor(np.log2(heads)))
+  return np.asarray(power_of_2(closest) + power_of_2(2 * closest)[0::2][:heads - closest], np.float32)
+
+
+def alibi_bias(heads: int, q_len: int, k_len: int | None = None) -> np.ndarray:
+  """(heads, q_len, k_len) bias -|i - j| * slope_h, the queries aligned with the last q_len keys."""
+  k_len = q_len if k_len is None else k_len
+  qpos = np.arange(k_len - q_len, k_len)
+  dist = np.abs(np.arange(k_len)[None, :] - qpos[:, None]).astype(np.float32)
+  return -dist[None] * alibi_slopes(heads)[:, None, None]
+
+
+def relative_log_positions(shape) -> np.ndarray:
+  """(N, N, len(shape)) float32 sign(d) * log(|d| + 1) of the offsets p_i - p_j of a row-major grid `shape`."""
+  pos = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, len(shape))
+  rel = (pos[:, None, :] - pos[None, :, :]).astype(np.float32)
+  return np.sign(rel) * np.log(np.abs(rel) + 1.0)

@@ -1,19 +1,32 @@
-"""Vector quantizers for video tokenizers (C-ViViT): FSQ, LFQ and an EMA cosine-similarity VQ, plus stats.
+"""Quantizers of video tokenizers (C-ViViT): FSQ, LFQ and an EMA cosine-similarity VQ, plus code statistics.
 
-Every quantizer maps z (..., D) to (z_q (..., D), indices (...) int32, aux dict) with a straight-through
-gradient (z_q = z + stop_gradient(q − z) before any output projection), so the encoder is trained through
-it. aux holds 'loss' (the term to add to the training loss, already weighted) and per-batch statistics.
+Every quantizer maps z (..., dim) to (quantized (..., dim), indices (...) int32, aux dict). The gradient is
+straight-through: q_st = x + stop_gradient(q - x), the identity w.r.t. the quantizer's own input x (the
+projected input for FSQ/LFQ, the l2-normalised input for VQ), so the encoder trains through the rounding.
+aux['loss'] is the term to add to the training loss (already weighted; zero when it has none), next to
+unweighted loss terms and the batch's 'usage' and 'perplexity'. `train=True` turns on the training-only
+terms and updates; every quantizer also has `decode_indices(indices) -> quantized`.
 
-* `FSQ(levels)` (Mentzer et al. 2023): project to len(levels) dims, bound each with tanh to its level count,
-  round. The codebook is the implicit grid, size prod(levels); no auxiliary loss, no collapse by design.
-* `LFQ(codebook_size)` (MAGVIT-v2; phenaki-pytorch's default): project to log2(K) dims, quantize each to
-  ±1; index = the bit pattern. aux loss = entropy_weight * (mean per-sample entropy − diversity_gamma *
-  entropy of the batch-mean code distribution), computed on soft assignments over all K codes (so K is
-  kept moderate, ≤ 2^16), plus commitment_weight * ||z − sign(z)||².
-* `VQ(codebook_size)`: l2-normalised codes and inputs (cosine similarity, phenaki's VQ alternative); the
-  codebook is updated by EMA of the assigned inputs (decay 0.8 by default), not by gradients. Its codebook
-  and EMA statistics live in the mutable collection 'quantizer' (apply with mutable=['quantizer'] while
-  training; `reseed_dead_codes` replaces codes unused for too long with batch inputs).
+* `FSQ(levels, dim)` (Mentzer et al. 2023): Dense(dim -> len(levels)), each channel bounded with tanh to its
+  level count L and rounded to the integers -(L//2) .. (L-1)//2, divided by L//2, Dense back to dim. The
+  codebook is the implicit grid of prod(levels) codes (index: first level varies fastest, as in
+  vector-quantize-pytorch). No auxiliary loss. The projections exist only when dim != len(levels).
+* `LFQ(codebook_size, dim)` (MAGVIT-v2; phenaki-pytorch's default): Dense(dim -> log2 K), each channel to
+  +-1 by its sign, index = the bit pattern (first channel = most significant bit), Dense back. Loss (train
+  only) = entropy_weight * (mean per-token entropy - diversity_gamma * entropy of the batch-mean code
+  distribution) + commitment_weight * mean((x - sign(x))^2), the code distribution being
+  softmax(2 x . c / temperature) over all K codes c (memory: tokens x K floats). Defaults are those of
+  vector-quantize-pytorch's LFQ that phenaki-pytorch 0.5.0 was written against: weights 0.1 and 0.25,
+  gamma 1, temperature 1/100. The projections exist only when dim != log2 K.
+* `VQ(codebook_size, dim)` (phenaki's `VectorQuantize(use_cosine_sim=True)`): inputs and codes on the unit
+  sphere, nearest code by cosine similarity, codebook updated by an exponential moving average of the
+  assigned (normalised) inputs (decay 0.8), not by gradients. Loss = commitment_weight * mean((x_n - q)^2).
+
+VQ state: the mutable collection 'quantizer_stats' (name `VQ_COLLECTION`) holds 'embed' (K, dim) the codebook,
+'embed_avg' (K, dim) and 'cluster_size' (K,) the EMA statistics, and 'unused_steps' (K,) int32, the number of
+updates since each code was last assigned. It is created by `init` (from the 'params' rng) and is not a
+parameter: a train step applies with `train=True, mutable=['quantizer_stats']`, keeps the returned collection
+in its state, and may call `reseed_dead_codes` on it (a pure function) every few steps.
 """
 import math
 from typing import Sequence
@@ -23,78 +36,100 @@ import jax
 import jax.numpy as jnp
 
 from vidgen_jax.layers import attention
+from vidgen_jax.layers.transformer import l2norm
 
-_EPS = 1e-5
+VQ_COLLECTION = "quantizer_stats"
 
 
 def codebook_usage(indices, codebook_size: int):
-  """Fraction of the codebook's codes that occur in `indices`."""
-  counts = jnp.zeros((codebook_size,), jnp.int32).at[indices.reshape(-1)].add(1)
-  return jnp.mean(counts > 0)
+  """Fraction of the codebook_size codes that occur at least once in `indices`."""
+  counts = jnp.zeros((codebook_size,), jnp.int32).at[jnp.ravel(indices)].add(1)
+  return jnp.mean((counts > 0).astype(jnp.float32))
 
 
 def perplexity(indices, codebook_size: int):
-  """exp(entropy) of the empirical code distribution: K when all codes are equally used, 1 on collapse."""
-  counts = jnp.zeros((codebook_size,), jnp.float32).at[indices.reshape(-1)].add(1.0)
+  """exp(entropy) of the empirical code distribution of `indices`: K if all K codes are equally used, 1 on collapse."""
+  counts = jnp.zeros((codebook_size,), jnp.float32).at[jnp.ravel(indices)].add(1.0)
   p = counts / jnp.maximum(counts.sum(), 1.0)
-  return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.maximum(p, 1e-30)), 0.0)))
+  return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
 
 
-def _straight_through(z, q):
-  return z + jax.lax.stop_gradient(q - z)
+def straight_through(x, q):
+  """q in the forward pass, the identity w.r.t. x in the backward pass."""
+  return x + jax.lax.stop_gradient(q - x)
 
 
 def _stats(indices, codebook_size):
   return {"usage": codebook_usage(indices, codebook_size), "perplexity": perplexity(indices, codebook_size)}
 
 
+def _projection(features, axes, name):
+  return attention.dense(features, axes, name=name, use_bias=True)
+
+
 class FSQ(nn.Module):
-  """Finite scalar quantization with `levels` per dimension (e.g. (8, 5, 5, 5) = 1000 codes)."""
+  """Finite scalar quantization with `levels` per channel (e.g. (8, 5, 5, 5): 1000 codes)."""
   levels: Sequence[int]
   dim: int
+
+  def __post_init__(self):
+    if not self.levels or min(self.levels) < 2:
+      raise ValueError(f"FSQ levels must all be >= 2, got {self.levels}")
+    super().__post_init__()
 
   @property
   def codebook_size(self) -> int:
     return math.prod(self.levels)
 
+  @property
+  def has_projections(self) -> bool:
+    return self.dim != len(self.levels)
+
   def bound(self, h):
-    """tanh-bounded values whose rounding gives the integers -L//2 .. (L-1)//2 of each level count L."""
+    """tanh-bound each channel so that rounding gives the integers -(L//2) .. (L-1)//2 of its level count L."""
     levels = jnp.asarray(self.levels, jnp.float32)
     half = (levels - 1) * (1 - 1e-3) / 2
     offset = jnp.where(levels % 2 == 0, 0.5, 0.0)       # even L: the grid is shifted by a half
-    shift = jnp.arctanh(offset / half)
-    return jnp.tanh(h + shift) * half - offset
+    return jnp.tanh(h + jnp.arctanh(offset / half)) * half - offset
 
-  def _basis(self):
+  def _levels_and_basis(self):
     levels = jnp.asarray(self.levels, jnp.int32)
     return levels, jnp.cumprod(jnp.concatenate([jnp.ones((1,), jnp.int32), levels[:-1]]))
 
+  def _half_width(self):
+    return jnp.asarray([l // 2 for l in self.levels], jnp.float32)
+
   def codes_to_indices(self, codes):
-    """Integer grid values (..., len(levels)) -> int32 indices in [0, prod(levels)), first level fastest."""
-    levels, basis = self._basis()
-    digits = jnp.round(codes).astype(jnp.int32) + levels // 2
+    """Normalised grid codes (..., len(levels)) (integers / (L//2)) -> int32 indices in [0, prod(levels))."""
+    levels, basis = self._levels_and_basis()
+    digits = jnp.round(codes * self._half_width()).astype(jnp.int32) + levels // 2
     return jnp.sum(digits * basis, axis=-1)
 
   def indices_to_codes(self, indices):
-    levels, basis = self._basis()
-    return ((indices[..., None] // basis) % levels - levels // 2).astype(jnp.float32)
+    """int indices (...) -> normalised grid codes (..., len(levels)), float32."""
+    levels, basis = self._levels_and_basis()
+    digits = (indices[..., None] // basis) % levels
+    return (digits - levels // 2).astype(jnp.float32) / self._half_width()
 
-  def _normalise(self, codes):
-    return codes / jnp.asarray([max(l // 2, 1) for l in self.levels], jnp.float32)
+  def quantize(self, h):
+    """Projected input (..., len(levels)) -> normalised grid codes, straight-through."""
+    bounded = self.bound(h.astype(jnp.float32))
+    return straight_through(bounded, jnp.round(bounded)) / self._half_width()
 
   def setup(self):
-    self.project_in = attention.dense(len(self.levels), ("embed", None), name="project_in", use_bias=True)
-    self.project_out = attention.dense(self.dim, (None, "embed"), name="project_out", use_bias=True)
+    if self.has_projections:
+      self.project_in = _projection(len(self.levels), ("embed", None), "project_in")
+      self.project_out = _projection(self.dim, (None, "embed"), "project_out")
 
   def __call__(self, z, train: bool = False):
-    bounded = self.bound(self.project_in(z))
-    codes = _straight_through(bounded, jnp.round(bounded))
+    codes = self.quantize(self.project_in(z) if self.has_projections else z)
     indices = self.codes_to_indices(jax.lax.stop_gradient(codes))
-    out = self.project_out(self._normalise(codes))
+    out = self.project_out(codes) if self.has_projections else codes
     return out, indices, {"loss": jnp.zeros((), jnp.float32), **_stats(indices, self.codebook_size)}
 
   def decode_indices(self, indices):
-    return self.project_out(self._normalise(self.indices_to_codes(indices)))
+    codes = self.indices_to_codes(indices)
+    return self.project_out(codes) if self.has_projections else codes
 
 
 class LFQ(nn.Module):
@@ -102,9 +137,9 @@ class LFQ(nn.Module):
   codebook_size: int
   dim: int
   entropy_weight: float = 0.1
-  diversity_gamma: float = 1.0
   commitment_weight: float = 0.25
-  temperature: float = 1.0
+  diversity_gamma: float = 1.0
+  temperature: float = 0.01
 
   def __post_init__(self):
     if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
@@ -115,101 +150,121 @@ class LFQ(nn.Module):
   def bits(self) -> int:
     return int(math.log2(self.codebook_size))
 
+  @property
+  def has_projections(self) -> bool:
+    return self.dim != self.bits
+
+  def _weights(self):
+    return 2 ** jnp.arange(self.bits - 1, -1, -1, dtype=jnp.int32)
+
   def bits_to_indices(self, bits):
-    """±1 bits (..., B), most significant first -> int32 indices."""
-    weights = 2 ** jnp.arange(self.bits - 1, -1, -1, dtype=jnp.int32)
-    return jnp.sum((bits > 0).astype(jnp.int32) * weights, axis=-1)
+    """+-1 bits (..., B), most significant first -> int32 indices."""
+    return jnp.sum((bits > 0).astype(jnp.int32) * self._weights(), axis=-1)
 
   def indices_to_bits(self, indices):
-    weights = 2 ** jnp.arange(self.bits - 1, -1, -1, dtype=jnp.int32)
-    return jnp.where((indices[..., None] & weights) > 0, 1.0, -1.0)
+    """int indices (...) -> +-1 float32 bits (..., B)."""
+    return jnp.where((indices[..., None] & self._weights()) > 0, 1.0, -1.0)
 
-  def entropy_loss(self, h):
-    """mean per-token entropy − gamma * entropy of the mean assignment, over all K codes (soft)."""
-    codes = self.indices_to_bits(jnp.arange(self.codebook_size))                 # (K, B)
-    logits = 2.0 * jnp.einsum("...b,kb->...k", h.astype(jnp.float32), codes) / self.temperature
-    probs = jax.nn.softmax(logits.reshape(-1, self.codebook_size), axis=-1)
-    per_token = -jnp.mean(jnp.sum(probs * jnp.log(probs + 1e-9), axis=-1))
-    mean = probs.mean(axis=0)
-    batch = -jnp.sum(mean * jnp.log(mean + 1e-9))
-    return per_token - self.diversity_gamma * batch
+  def entropy_terms(self, h):
+    """(mean per-token entropy, entropy of the mean code distribution) of softmax(2 h . c / temperature)."""
+    codes = self.indices_to_bits(jnp.arange(self.codebook_size))                  # (K, B)
+    logits = 2.0 * jnp.einsum("nb,kb->nk", h.reshape(-1, self.bits).astype(jnp.float32), codes)
+    probs = jax.nn.softmax(logits / self.temperature, axis=-1)
+    entropy = lambda p: -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-5)), axis=-1)   # torch's clamp(min=1e-5)
+    return jnp.mean(entropy(probs)), entropy(jnp.mean(probs, axis=0))
 
   def setup(self):
-    self.project_in = attention.dense(self.bits, ("embed", None), name="project_in", use_bias=True)
-    self.project_out = attention.dense(self.dim, (None, "embed"), name="project_out", use_bias=True)
+    if self.has_projections:
+      self.project_in = _projection(self.bits, ("embed", None), "project_in")
+      self.project_out = _projection(self.dim, (None, "embed"), "project_out")
 
   def __call__(self, z, train: bool = False):
-    h = self.project_in(z)
+    h = (self.project_in(z) if self.has_projections else z).astype(jnp.float32)
     q = jnp.where(h > 0, 1.0, -1.0)
-    codes = _straight_through(h, q)
-    indices = self.bits_to_indices(jax.lax.stop_gradient(q))
-    out = self.project_out(codes)
-    entropy = self.entropy_loss(h)
-    commit = jnp.mean(jnp.square(h - jax.lax.stop_gradient(q)))
-    loss = self.entropy_weight * entropy + self.commitment_weight * commit
-    return out, indices, {"loss": loss, "entropy_aux": entropy, "commitment": commit,
-                          **_stats(indices, self.codebook_size)}
+    indices = self.bits_to_indices(q)
+    codes = straight_through(h, q)
+    out = self.project_out(codes) if self.has_projections else codes
+    aux = _stats(indices, self.codebook_size)
+    if train:
+      per_token, batch = self.entropy_terms(h)
+      commit = jnp.mean(jnp.square(h - q))
+      entropy_aux = per_token - self.diversity_gamma * batch
+      loss = self.entropy_weight * entropy_aux + self.commitment_weight * commit
+      aux.update(per_token_entropy=per_token, batch_entropy=batch, entropy_aux=entropy_aux, commitment=commit)
+    else:
+      loss = jnp.zeros((), jnp.float32)
+    return out, indices, {"loss": loss, **aux}
 
   def decode_indices(self, indices):
-    return self.project_out(self.indices_to_bits(indices))
-
-
-def _l2norm(x):
-  return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + 1e-12)   # finite gradient at 0
+    codes = self.indices_to_bits(indices)
+    return self.project_out(codes) if self.has_projections else codes
 
 
 class VQ(nn.Module):
-  """EMA vector quantizer with cosine similarity (codes and inputs on the unit sphere).
+  """EMA vector quantizer with cosine similarity; state in the 'quantizer_stats' collection (module docstring).
 
-  Collection 'quantizer': 'embed' (K, D) the codebook, 'embed_avg' (K, D) and 'cluster_size' (K,) the EMA
-  statistics, 'unused_steps' (K,) int32 steps since each code was last assigned. The EMA update runs when
-  the collection is mutable and `train` is True.
+  With `train=True` the call must be applied with mutable=['quantizer_stats']: the EMA update
+    cluster_size <- decay * cluster_size + (1 - decay) * counts
+    embed_avg    <- decay * embed_avg + (1 - decay) * sum of the normalised inputs assigned to each code
+    embed        <- l2norm(embed_avg) for the assigned codes (= l2norm(embed_avg / smoothed cluster_size), as
+                    in the reference: the scale drops out; unassigned codes keep their exact value)
+  runs after the assignment, so the returned codes are those of the codebook before the update.
   """
   codebook_size: int
   dim: int
   decay: float = 0.8
   commitment_weight: float = 1.0
 
-  @nn.compact
+  def setup(self):
+    k = self.codebook_size
+    init = lambda: l2norm(jax.random.normal(self.make_rng("params"), (k, self.dim), jnp.float32))
+    self.embed = self.variable(VQ_COLLECTION, "embed", init)
+    self.embed_avg = self.variable(VQ_COLLECTION, "embed_avg", lambda: self.embed.value)
+    self.cluster_size = self.variable(VQ_COLLECTION, "cluster_size", lambda: jnp.ones((k,), jnp.float32))
+    self.unused_steps = self.variable(VQ_COLLECTION, "unused_steps", lambda: jnp.zeros((k,), jnp.int32))
+
   def __call__(self, z, train: bool = False):
     k = self.codebook_size
-    embed = self.variable("quantizer", "embed", lambda: _l2norm(
-        jax.random.normal(self.make_rng("params"), (k, self.dim), jnp.float32)))
-    embed_avg = self.variable("quantizer", "embed_avg", lambda: embed.value)
-    cluster_size = self.variable("quantizer", "cluster_size", lambda: jnp.ones((k,), jnp.float32))
-    unused = self.variable("quantizer", "unused_steps", lambda: jnp.zeros((k,), jnp.int32))
-    zn = _l2norm(z.astype(jnp.float32))
+    embed = self.embed.value
+    zn = l2norm(z.astype(jnp.float32))
     flat = zn.reshape(-1, self.dim)
-    indices = jnp.argmax(flat @ embed.value.T, axis=-1)
-    q = embed.value[indices].reshape(zn.shape)
-    if train and self.is_mutable_collection("quantizer"):
+    indices = jnp.argmax(flat @ embed.T, axis=-1)
+    q = embed[indices].reshape(zn.shape)
+    if train and not self.is_initializing():
+      if not self.is_mutable_collection(VQ_COLLECTION):
+        raise ValueError(f"VQ with train=True updates its codebook: apply with mutable=['{VQ_COLLECTION}']")
       onehot = jax.nn.one_hot(indices, k, dtype=jnp.float32)
       counts = onehot.sum(0)
-      cluster_size.value = self.decay * cluster_size.value + (1 - self.decay) * counts
-      embed_avg.value = self.decay * embed_avg.value + (1 - self.decay) * (onehot.T @ flat)
-      embed.value = _l2norm(embed_avg.value / jnp.maximum(cluster_size.value[:, None], _EPS))
-      unused.value = jnp.where(counts > 0, 0, unused.value + 1)
-    commit = jnp.mean(jnp.square(zn - jax.lax.stop_gradient(q)))
+      ema = lambda old, new: self.decay * old + (1 - self.decay) * new
+      self.cluster_size.value = ema(self.cluster_size.value, counts)
+      self.embed_avg.value = ema(self.embed_avg.value, onehot.T @ jax.lax.stop_gradient(flat))
+      self.embed.value = jnp.where(counts[:, None] > 0, l2norm(self.embed_avg.value), embed)
+      self.unused_steps.value = jnp.where(counts > 0, 0, self.unused_steps.value + 1)
+    commit = jnp.mean(jnp.square(zn - q))
     indices = indices.reshape(z.shape[:-1]).astype(jnp.int32)
-    out = _straight_through(zn, q)
-    return out, indices, {"loss": self.commitment_weight * commit, "commitment": commit, **_stats(indices, k)}
+    return straight_through(zn, q), indices, {"loss": self.commitment_weight * commit, "commitment": commit,
+                                              **_stats(indices, k)}
 
   def decode_indices(self, indices):
-    return self.get_variable("quantizer", "embed")[indices]
+    return self.embed.value[indices]
 
 
-def reseed_dead_codes(quantizer_vars: dict, inputs, rng, max_unused: int) -> dict:
-  """Replaces every VQ code unused for more than `max_unused` steps by a random (normalised) input vector.
+def reseed_dead_codes(stats: dict, inputs, rng, max_unused: int) -> dict:
+  """Replaces every VQ code unused for more than `max_unused` updates by a random encoder output of the batch.
 
-  quantizer_vars: one VQ's 'quantizer' collection ({embed, embed_avg, cluster_size, unused_steps});
-  inputs (N, D) encoder outputs of the current batch. Returns the updated collection (pure function).
+  stats: one VQ's 'quantizer_stats' collection {embed, embed_avg, cluster_size, unused_steps}; inputs
+  (..., dim) the encoder outputs of the current batch (normalised here). Dead codes get distinct inputs
+  while there are at least as many inputs as dead codes. Live codes are untouched. Returns the new
+  collection (pure; jit-able).
   """
-  dead = quantizer_vars["unused_steps"] > max_unused
-  pick = jax.random.randint(rng, dead.shape, 0, inputs.shape[0])
-  fresh = _l2norm(inputs[pick].astype(jnp.float32))
+  flat = l2norm(inputs.reshape(-1, inputs.shape[-1]).astype(jnp.float32))
+  dead = stats["unused_steps"] > max_unused
+  rank = jnp.cumsum(dead) - 1                                       # i-th dead code takes the i-th draw
+  pick = jax.random.permutation(rng, flat.shape[0])[rank % flat.shape[0]]
+  fresh = flat[pick]
   return {
-      "embed": jnp.where(dead[:, None], fresh, quantizer_vars["embed"]),
-      "embed_avg": jnp.where(dead[:, None], fresh, quantizer_vars["embed_avg"]),
-      "cluster_size": jnp.where(dead, 1.0, quantizer_vars["cluster_size"]),
-      "unused_steps": jnp.where(dead, 0, quantizer_vars["unused_steps"]),
+      "embed": jnp.where(dead[:, None], fresh, stats["embed"]),
+      "embed_avg": jnp.where(dead[:, None], fresh, stats["embed_avg"]),
+      "cluster_size": jnp.where(dead, 1.0, stats["cluster_size"]),
+      "unused_steps": jnp.where(dead, 0, stats["unused_steps"]),
   }

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vidgen_jax.layers import attention, norms
+from vidgen_jax.layers import attention, norms, position
 
 _NEG = -jnp.finfo(jnp.float32).max
 TORCH_LAYER_NORM_EPS = 1e-5
@@ -67,25 +67,6 @@ def layer_norm(name: str, *, use_bias: bool = True, dtype=jnp.float32) -> nn.Lay
 def l2norm(x):
   """x / ||x|| over the last axis (torch F.normalize), with a finite gradient at x = 0."""
   return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + 1e-12)
-
-
-def alibi_slopes(heads: int) -> np.ndarray:
-  """ALiBi head slopes (Press et al.): geometric 2^(-8i/n) for powers of two, interleaved otherwise."""
-  def power_of_2(n):
-    start = 2 ** (-(2 ** -(np.log2(n) - 3)))
-    return [start * start ** i for i in range(n)]
-  if np.log2(heads).is_integer():
-    return np.asarray(power_of_2(heads), np.float32)
-  closest = 2 ** int(np.floor(np.log2(heads)))
-  return np.asarray(power_of_2(closest) + power_of_2(2 * closest)[0::2][:heads - closest], np.float32)
-
-
-def alibi_bias(heads: int, q_len: int, k_len: int | None = None) -> np.ndarray:
-  """(heads, q_len, k_len) bias -|i - j| * slope_h, the queries aligned with the last q_len keys."""
-  k_len = q_len if k_len is None else k_len
-  qpos = np.arange(k_len - q_len, k_len)
-  dist = np.abs(np.arange(k_len)[None, :] - qpos[:, None]).astype(np.float32)
-  return -dist[None] * alibi_slopes(heads)[:, None, None]
 
 
 def causal_mask(q_len: int, k_len: int | None = None) -> np.ndarray:
@@ -153,7 +134,8 @@ class Attention(nn.Module):
     k = l2norm(k.astype(jnp.float32)) * gain("k_scale")
     n, m = q.shape[-3], k.shape[-3]
     if self.causal:
-      bias = alibi_bias(h, n, m) if bias is None else bias + alibi_bias(h, n, m)
+      alibi = position.alibi_bias(h, n, m)
+      bias = alibi if bias is None else bias + alibi
       mask = causal_mask(n, m) if mask is None else mask & causal_mask(n, m)
     out = _attend((q * self.scale).astype(self.dtype), k.astype(self.dtype), v, bias=bias, mask=mask,
                   rate=self.dropout, deterministic=deterministic)
@@ -214,13 +196,6 @@ class PEG(nn.Module):
     return depthwise_conv3(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
-def relative_log_positions(shape) -> np.ndarray:
-  """(N, N, len(shape)) float32 sign(d) * log(|d| + 1) of the offsets p_i - p_j of a row-major grid `shape`."""
-  pos = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, len(shape))
-  rel = (pos[:, None, :] - pos[None, :, :]).astype(np.float32)
-  return np.sign(rel) * np.log(np.abs(rel) + 1.0)
-
-
 class ContinuousPositionBias(nn.Module):
   """`bias(*shape)` -> (heads, N, N) for the N = prod(shape) positions of a grid flattened row-major.
 
@@ -234,7 +209,7 @@ class ContinuousPositionBias(nn.Module):
 
   @nn.compact
   def __call__(self, *shape: int):
-    h = jnp.asarray(relative_log_positions(shape))
+    h = jnp.asarray(position.relative_log_positions(shape))
     for i in range(self.layers):
       h = nn.leaky_relu(attention.dense(self.dim, (None, None), name=f"net_{i}", use_bias=True)(h), 0.1)
     h = attention.dense(self.heads, (None, None), name=f"net_{self.layers}", use_bias=True)(h)

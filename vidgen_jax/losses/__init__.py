@@ -1,1 +1,1 @@
-"""Losses shared by model families (GAN terms of tokenizer training)."""
+"""Losses shared by model families: GAN terms and the frozen VGG16 perceptual loss of tokenizer training."""

@@ -65,7 +65,9 @@ def make_optimizer(config):
 
 
 def build_components(config, text_encoder=None) -> dict:
-  return {"model": build_model(config), "discriminator": FrameDiscriminator(config.loss.disc_base_dim),
+  disc = FrameDiscriminator(config.loss.disc_base_dim,
+                            attn_resolutions=tuple(config.loss.get("disc_attn_resolutions", (16,))))
+  return {"model": build_model(config), "discriminator": disc,
           "optimizer": make_optimizer(config)}
 
 
