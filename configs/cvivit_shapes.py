@@ -7,7 +7,7 @@ Arguments (after ':'): variant=shapes|S (S: the CViViT-S benchmark model of DESI
 seconds-long smoke run). Clips have 1 + 4 * 2 = 9 frames: the first frame is patched alone, the rest in
 2-frame patches, so a clip is 5 token steps of (32/4)^2 = 64 tokens.
 """
-from vidgen_jax.configs import ConfigDict, parse_arg
+from vidgen_jax.configs import ConfigDict, adamw_optim, data_parallel_mesh, moving_shapes_data, parse_arg
 
 
 def get_config(arg=None):
@@ -17,15 +17,7 @@ def get_config(arg=None):
   c.variant = arg.variant
   c.seed = 0
 
-  c.data = ConfigDict()
-  c.data.source = "moving_shapes"
-  c.data.folder = ""
-  c.data.image_size = 32
-  c.data.num_frames = 9             # 1 + k * model.temporal_patch_size
-  c.data.num_examples = 1_000_000
-  c.data.split = "train"
-  c.data.pad = "zeros"
-  c.data.seed = 0
+  c.data = moving_shapes_data(image_size=32, num_frames=9)   # 9 = 1 + 4 * temporal_patch_size 2
 
   c.model = ConfigDict()
   c.model.dim = 128 if arg.variant == "S" else 64
@@ -46,15 +38,7 @@ def get_config(arg=None):
   c.loss.disc_base_dim = 16
   c.loss.disc_attn_resolutions = (16,)   # feature-map sides where the discriminator has self-attention
 
-  c.optim = ConfigDict()
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 100
-  c.optim.decay = "cosine"
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.99
-  c.optim.weight_decay = 0.0
-  c.optim.grad_clip = 1.0
-  c.optim.ema_decay = 0.995
+  c.optim = adamw_optim(lr=1e-3)
 
   c.train = ConfigDict()
   c.train.batch_size = 16
@@ -69,13 +53,7 @@ def get_config(arg=None):
   c.sample = ConfigDict()
   c.sample.prompts = ("a red circle moving right", "a green square rotating clockwise", "a blue triangle growing")
 
-  c.mesh = ConfigDict()
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
-  c.sharding = ConfigDict()
-  c.sharding.preset = "fsdp"
-  c.sharding.extra_rules = ()
+  data_parallel_mesh(c)
   c.text = ConfigDict()             # unused by the tokenizer; kept so every family's config has one
   c.text.encoder = "minilm"
   c.text.path = ""

@@ -8,7 +8,7 @@ Arguments: variant=shapes|S (S: the MaskGIT-S benchmark model of DESIGN.md), run
 Data, frames and image size must match the tokenizer's; the tokenizer is copied (frozen) into this run's
 checkpoints.
 """
-from vidgen_jax.configs import ConfigDict, parse_arg
+from vidgen_jax.configs import ConfigDict, adamw_optim, data_parallel_mesh, moving_shapes_data, parse_arg
 
 
 def get_config(arg=None):
@@ -21,15 +21,7 @@ def get_config(arg=None):
   c.tokenizer = ConfigDict()
   c.tokenizer.workdir = ""          # a trained configs/cvivit_shapes.py workdir (required)
 
-  c.data = ConfigDict()
-  c.data.source = "moving_shapes"
-  c.data.folder = ""
-  c.data.image_size = 32
-  c.data.num_frames = 9
-  c.data.num_examples = 1_000_000
-  c.data.split = "train"
-  c.data.pad = "zeros"
-  c.data.seed = 0
+  c.data = moving_shapes_data(image_size=32, num_frames=9)   # 9 = 1 + 4 * temporal_patch_size 2
 
   c.text = ConfigDict()
   c.text.encoder = "minilm"
@@ -44,15 +36,7 @@ def get_config(arg=None):
   c.model.critic = False            # True: also train a Token-Critic that picks the tokens to re-mask
   c.model.critic_depth = 2
 
-  c.optim = ConfigDict()
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 100
-  c.optim.decay = "cosine"
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.99
-  c.optim.weight_decay = 0.0
-  c.optim.grad_clip = 1.0
-  c.optim.ema_decay = 0.995
+  c.optim = adamw_optim(lr=1e-3)
 
   c.train = ConfigDict()
   c.train.batch_size = 16
@@ -75,13 +59,7 @@ def get_config(arg=None):
   c.eval = ConfigDict()
   c.eval.num_samples = 2
 
-  c.mesh = ConfigDict()
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
-  c.sharding = ConfigDict()
-  c.sharding.preset = "fsdp"
-  c.sharding.extra_rules = ()
+  data_parallel_mesh(c)
 
   if arg.runlocal:
     c.data.image_size, c.data.num_frames = 16, 5

@@ -141,3 +141,43 @@ def diff(a: ConfigDict, b: ConfigDict, prefix="") -> list[str]:
     elif _tuples(va) != _tuples(vb):
       out.append(f"{prefix}{k}")
   return out
+
+
+def moving_shapes_data(image_size: int, num_frames: int) -> ConfigDict:
+  """The data block every family uses for the built-in moving-shapes set (see configs/vdm_shapes.py)."""
+  d = ConfigDict()
+  d.source = "moving_shapes"        # moving_shapes | folder
+  d.folder = ""                     # for source=folder: GIF/MP4 files with same-named .txt captions
+  d.image_size = image_size
+  d.num_frames = num_frames
+  d.num_examples = 1_000_000        # procedural: examples before the index wraps (an "epoch")
+  d.split = "train"                 # train excludes the held-out combinations
+  d.pad = "zeros"
+  d.seed = 0
+  return d
+
+
+def adamw_optim(lr: float, warmup_steps: int = 100) -> ConfigDict:
+  """AdamW with warm-up and cosine decay, gradient clipping 1 and EMA 0.995 (train/state.make_optimizer)."""
+  o = ConfigDict()
+  o.lr = lr
+  o.warmup_steps = warmup_steps
+  o.decay = "cosine"                # cosine | constant (after warm-up)
+  o.b1 = 0.9
+  o.b2 = 0.99
+  o.weight_decay = 0.0
+  o.grad_clip = 1.0                 # global-norm clipping; 0 disables
+  o.ema_decay = 0.995
+  return o
+
+
+def data_parallel_mesh(c: ConfigDict) -> ConfigDict:
+  """Adds the default mesh (all devices on the data axis) and the fsdp sharding preset to config `c`."""
+  c.mesh = ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.sharding = ConfigDict()
+  c.sharding.preset = "fsdp"
+  c.sharding.extra_rules = ()
+  return c

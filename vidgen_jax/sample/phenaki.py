@@ -31,12 +31,11 @@ def _restore(workdir, step=None):
   return run, state
 
 
-class TokenizerReconstructor:
-  """A trained C-ViViT: reconstructions of videos (its 'samples' are reconstructions of fixed real clips)."""
+class _FromWorkdir:
+  """A run plus the EMA parameters of one of its checkpoints."""
 
   def __init__(self, run, params, step: int):
     self.run, self.params, self.step = run, params, step
-    self._recon = jax.jit(lambda p, v: run.model.apply(p, v)[0])
 
   @property
   def config(self):
@@ -50,6 +49,14 @@ class TokenizerReconstructor:
   @classmethod
   def from_run(cls, run, state, step):
     return cls(run, state.ema_params, step)
+
+
+class TokenizerReconstructor(_FromWorkdir):
+  """A trained C-ViViT: reconstructions of videos (its 'samples' are reconstructions of fixed real clips)."""
+
+  def __init__(self, run, params, step: int):
+    super().__init__(run, params, step)
+    self._recon = jax.jit(lambda p, v: run.model.apply(p, v)[0])
 
   def reconstruct(self, videos) -> np.ndarray:
     """uint8 (N, T, H, W, 3) -> uint8 reconstructions."""
@@ -67,24 +74,10 @@ class TokenizerReconstructor:
     return pairs, [f"{p} (real | recon)" for p in prompts]
 
 
-class PhenakiGenerator:
+class PhenakiGenerator(_FromWorkdir):
   """Text to video with a Phenaki workdir's EMA MaskGIT (and critic) and its frozen tokenizer."""
 
-  def __init__(self, run, params, step: int, chunk: int = 16):
-    self.run, self.params, self.step, self.chunk = run, params, step, chunk
-
-  @property
-  def config(self):
-    return self.run.config
-
-  @classmethod
-  def from_workdir(cls, workdir, step=None):
-    run, state = _restore(workdir, step)
-    return cls(run, state.ema_params, int(state.step))
-
-  @classmethod
-  def from_run(cls, run, state, step):
-    return cls(run, state.ema_params, step)
+  chunk = 16   # prompts per decoding call
 
   def training_samples(self, seed: int = 0):
     prompts = list(self.config.sample.prompts)
