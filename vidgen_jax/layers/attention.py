@@ -28,11 +28,12 @@ def dense(features, axes, *, name, use_bias=False, dtype=jnp.float32, param_dtyp
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)))
 
 
-def dot_product_attention(q, k, v, *, bias=None, mask=None):
+def dot_product_attention(q, k, v, *, bias=None, mask=None, probs_fn=None):
   """softmax(q k^T + bias, masked) v with q (..., Lq, H, D), k/v (..., Lk, H, D) -> (..., Lq, H, Dv).
 
   q must already carry the 1/sqrt(D) scale. Masked logits are set to -float32.max (as torch's masked_fill
-  with -finfo.max), so a fully masked row degrades to a uniform average rather than NaN.
+  with -finfo.max), so a fully masked row degrades to a uniform average rather than NaN. `probs_fn`, if
+  given, transforms the probabilities (..., H, Lq, Lk) before they weight v (e.g. attention dropout).
   """
   # Head-major operands: XLA:CPU runs these batched matmuls ~2x faster than with heads between L and D.
   qh, kh, vh = (jnp.swapaxes(t, -2, -3) for t in (q, k, v))
@@ -42,6 +43,8 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None):
   if mask is not None:
     logits = jnp.where(mask, logits, _NEG_INF)
   probs = jax.nn.softmax(logits, axis=-1)
+  if probs_fn is not None:
+    probs = probs_fn(probs)
   return jnp.swapaxes(jnp.einsum("...hqk,...hkd->...hqd", probs.astype(v.dtype), vh), -2, -3)
 
 

@@ -53,7 +53,6 @@ import numpy as np
 
 from vidgen_jax.layers import attention, norms, position
 
-_NEG = -jnp.finfo(jnp.float32).max
 TORCH_LAYER_NORM_EPS = 1e-5
 
 
@@ -79,14 +78,8 @@ def _attend(q, k, v, *, bias, mask, rate: float, deterministic: bool):
   """attention.dot_product_attention, or the same with dropout on the probabilities (rng 'dropout')."""
   if rate == 0.0 or deterministic:
     return attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
-  qh, kh, vh = (jnp.swapaxes(t, -2, -3) for t in (q, k, v))
-  logits = jnp.einsum("...hqd,...hkd->...hqk", qh, kh, preferred_element_type=jnp.float32)
-  if bias is not None:
-    logits = logits + bias.astype(jnp.float32)
-  if mask is not None:
-    logits = jnp.where(mask, logits, _NEG)
-  probs = nn.Dropout(rate)(jax.nn.softmax(logits, axis=-1), deterministic=False)
-  return jnp.swapaxes(jnp.einsum("...hqk,...hkd->...hqd", probs.astype(v.dtype), vh), -2, -3)
+  return attention.dot_product_attention(
+      q, k, v, bias=bias, mask=mask, probs_fn=lambda p: nn.Dropout(rate)(p, deterministic=False))
 
 
 class Attention(nn.Module):

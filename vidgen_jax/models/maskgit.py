@@ -17,25 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vidgen_jax.layers import attention
-from vidgen_jax.layers.transformer import Transformer
+from vidgen_jax.layers.transformer import ContinuousPositionBias, Transformer
 
 
 def _shrink_gradient(x, alpha):
   return x * alpha + jax.lax.stop_gradient(x) * (1 - alpha)
-
-
-class ContinuousPositionBias3D(nn.Module):
-  heads: int
-  dim: int = 64
-
-  @nn.compact
-  def __call__(self, shape):
-    pos = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, len(shape))
-    rel = (pos[:, None] - pos[None]).astype(np.float32)
-    h = jnp.asarray(np.sign(rel) * np.log(np.abs(rel) + 1))
-    for i in range(2):
-      h = nn.leaky_relu(nn.Dense(self.dim, name=f"mlp_{i}")(h), 0.1)
-    return jnp.transpose(nn.Dense(self.heads, name="to_heads")(h), (2, 0, 1))
 
 
 class _Trunk(nn.Module):
@@ -59,7 +45,7 @@ class _Trunk(nn.Module):
     emb = nn.Embed(self.num_tokens + 1, self.dim, name="token_emb")(tokens)
     emb = _shrink_gradient(emb, self.gradient_shrink_alpha)
     x = emb + nn.Embed(self.max_seq_len, self.dim, name="pos_emb")(jnp.arange(n))[None]
-    bias = ContinuousPositionBias3D(self.heads, self.dim_head, name="continuous_pos_bias")(video_shape) \
+    bias = ContinuousPositionBias(self.heads, self.dim_head, name="continuous_pos_bias")(*video_shape) \
         if self.position_bias else None
     t, h, w = video_shape
     to_video = lambda s: s.reshape(b, t, h, w, -1)
