@@ -37,6 +37,12 @@ def get_config(arg=None):
   c.loss.gp_weight = 10.0           # gradient penalty of the discriminator on real frames
   c.loss.disc_base_dim = 16
   c.loss.disc_attn_resolutions = (16,)   # feature-map sides where the discriminator has self-attention
+  # > 0: VGG16 perceptual distance (LPIPS taps) on one random frame per clip. Needs a LOCAL file of
+  # torchvision vgg16 weights (.npz or .safetensors with its `features.{i}.*` keys; other keys ignored),
+  # e.g. written where the weights can be had: numpy.savez(path, **{k: v.numpy() for k, v in
+  # torchvision.models.vgg16(weights="DEFAULT").state_dict().items()}). Off here: nothing is downloaded.
+  c.loss.perceptual_weight = 0.0
+  c.loss.perceptual_weights = ""
 
   c.optim = adamw_optim(lr=1e-3)
 
@@ -44,6 +50,7 @@ def get_config(arg=None):
   c.train.batch_size = 16
   c.train.num_steps = 2000
   c.train.gan_start = 1000          # GAN terms start here (reconstruction first)
+  c.train.image_steps = 0           # > 0: the first image_steps steps train on single frames (images first)
   c.train.log_every = 50
   c.train.ckpt_every = 500
   c.train.keep_ckpts = 2

@@ -1,14 +1,28 @@
 """The Phenaki family end to end on tiny configs: tokenizer, MaskGIT + critic on its tokens, stories."""
+import jax
 import numpy as np
+import pytest
 
+from tests.helpers import HashTextEncoder
 from tests.test_cli import _vidgen
+from vidgen_jax import configs
+from vidgen_jax.data import pipeline
+from vidgen_jax.train import loop, phenaki, setup
+
+ONE = jax.devices()[:1]
 
 
-def test_two_stage_training_sampling_and_story(tmp_path):
-  cv, ph = tmp_path / "cvivit", tmp_path / "phenaki"
-  out = _vidgen("train", "--config", "configs/cvivit_shapes.py:runlocal=True", "--workdir", str(cv))
-  assert "codebook_usage" in out.stderr and "gan_weight" in out.stderr
-  assert (cv / "samples" / "step_4.npz").is_file()                  # real | reconstruction pairs
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+  """A 4-step runlocal C-ViViT workdir (GAN from step 2), trained in-process."""
+  wd = tmp_path_factory.mktemp("phenaki") / "cvivit"
+  loop.train(configs.load_config_file("configs/cvivit_shapes.py:runlocal=True"), wd, devices=ONE)
+  assert (wd / "samples" / "step_4.npz").is_file()                  # real | reconstruction pairs
+  return wd
+
+
+def test_two_stage_training_sampling_and_story(tmp_path, tokenizer_dir):
+  cv, ph = tokenizer_dir, tmp_path / "phenaki"
   _vidgen("train", "--config", "configs/phenaki_shapes.py:runlocal=True", "--workdir", str(ph),
           f"--config.tokenizer.workdir={cv}")
   story = tmp_path / "story.npz"
@@ -21,9 +35,28 @@ def test_two_stage_training_sampling_and_story(tmp_path):
   wrong = _vidgen("sample", "--workdir", str(cv), "--prompt", "x", "--out", str(tmp_path / "y.gif"), check=False)
   assert wrong.returncode != 0 and "reconstructs" in wrong.stderr
   # The tokenizer inside the Phenaki checkpoint is the trained one, unchanged by stage-2 training.
-  import jax
   from vidgen_jax.sample.phenaki import PhenakiGenerator, TokenizerReconstructor
   frozen = PhenakiGenerator.from_workdir(ph).params["tokenizer"]
   trained = TokenizerReconstructor.from_workdir(cv).params["tokenizer"]
   for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(trained)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_maskgit_trains_on_images_first_then_clips(tokenizer_dir):
+  config = configs.load_config_file("configs/phenaki_shapes.py:runlocal=True")
+  config.tokenizer.workdir, config.train.image_steps, config.model.critic = str(tokenizer_dir), 2, False
+  phenaki.validate(config, 1)
+  enc = HashTextEncoder(max_length=config.text.max_length)
+  run = setup.build_run(config, text_encoder=enc, devices=ONE)
+  state, step = run.init_state(0), run.jit_train_step()
+  batch = pipeline.attach_text(next(iter(pipeline.make_dataset(pipeline.make_source(config.data), 4, 0))), enc)
+  seen = []
+  with run.context():
+    for _ in range(3):
+      state, m = step(state, pipeline.to_global(batch, run.batch_shardings()))
+      seen.append((float(m["token_steps"]), float(m["loss"])))
+  assert [s for s, _ in seen] == [1.0, 1.0, float(run.parts["grid"][0])]   # 1 token step = an image
+  assert all(np.isfinite(loss) for _, loss in seen)
+  config.train.image_steps = -3
+  with pytest.raises(Exception, match="image_steps"):
+    phenaki.validate(config, 1)

@@ -202,13 +202,12 @@ def abstract_batch(run) -> dict:
   """The train step's batch as ShapeDtypeStructs with the batch shardings (global shapes)."""
   c = run.config
   b, d = c.train.batch_size, c.data
-  shapes = {
-      "video": ((b, d.num_frames, d.image_size, d.image_size, 3), np.uint8),
-      "text_tokens": ((b, c.text.max_length, run.text_encoder.dim), np.float32),
-      "text_mask": ((b, c.text.max_length), np.bool_),
-  }
-  sh = run.batch_shardings()
-  return {k: jax.ShapeDtypeStruct(s, dt, sharding=sh[k]) for k, (s, dt) in shapes.items()}
+  sh = run.batch_shardings()   # the keys the family's step takes (text only for text-conditioned families)
+  shapes = {"video": ((b, d.num_frames, d.image_size, d.image_size, 3), np.uint8)}
+  if "text_tokens" in sh:
+    shapes["text_tokens"] = ((b, c.text.max_length, run.text_encoder.dim), np.float32)
+    shapes["text_mask"] = ((b, c.text.max_length), np.bool_)
+  return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=sh[k]) for k in sh}
 
 
 def lower_train_step(run):

@@ -5,22 +5,28 @@ The train state's params are {'tokenizer': {'params': ...}, 'discriminator': {'p
 checkpoint) carries both. Each step, in one jitted function:
 
   recon loss   = MSE(recon, video) + quantizer aux loss                     (video in [0, 1])
+                 + loss.perceptual_weight * LPIPS-style VGG16 distance on one random frame per clip (the
+                 frozen VGG weights from the local file loss.perceptual_weights: a step argument, never
+                 trained, never in the checkpoint)
   GAN (from step train.gan_start, weight loss.gan_weight > 0): one random frame per video,
   generator    = hinge generator loss on D(recon frame), weighted by VQGAN's adaptive weight
                  ‖∇recon‖/‖∇gan‖ at the decoder's output kernel (two backward passes, added by linearity)
   discriminator= hinge(D(real), D(stop_grad(recon))) + gradient penalty on the real frames
+
+Images first: train.image_steps = N trains the first N steps on single frames (1-frame videos), then clips.
 
 Monitoring: codebook usage and perplexity of the batch's indices are logged every log_every steps
 (codebook collapse is this family's known failure); FSQ has no collapse mode, LFQ fights it with its
 entropy loss. (The EMA-VQ quantizer's mutable codebook is not trained by this step: choose lfq or fsq.)
 """
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from vidgen_jax.losses import gan
+from vidgen_jax.losses import gan, perceptual
 from vidgen_jax.models.cvivit import CViViT
 from vidgen_jax.models.discriminator import FrameDiscriminator
 from vidgen_jax.train import state as state_lib
@@ -47,6 +53,19 @@ def validate(config, num_devices: int, num_processes: int = 1):
     p.append(f"model.codebook_size={m.codebook_size}: LFQ needs a power of 2")
   if (d.num_frames - 1) % m.temporal_patch_size:
     p.append(f"data.num_frames={d.num_frames}: C-ViViT needs 1 + k * model.temporal_patch_size frames")
+  lc = config.loss
+  if lc.get("perceptual_weight", 0) > 0:
+    path = lc.get("perceptual_weights", "")
+    if not path:
+      p.append("loss.perceptual_weight > 0 needs loss.perceptual_weights: a local .npz/.safetensors file of "
+               "torchvision VGG16 `features.*` weights (nothing is downloaded)")
+    elif not pathlib.Path(path).is_file():
+      p.append(f"loss.perceptual_weights={path!r}: no such file")
+    if d.image_size < perceptual.min_image_side():
+      p.append(f"data.image_size={d.image_size}: the perceptual loss's VGG16 taps need frames of at least "
+               f"{perceptual.min_image_side()} pixels")
+  if config.train.get("image_steps", 0) < 0:
+    p.append(f"train.image_steps={config.train.image_steps}: must be >= 0")
   if d.image_size % m.patch_size:
     p.append(f"data.image_size={d.image_size} must be divisible by model.patch_size={m.patch_size}")
   if config.train.batch_size % max(num_devices, 1) and config.mesh.data == -1:
@@ -67,8 +86,10 @@ def make_optimizer(config):
 def build_components(config, text_encoder=None) -> dict:
   disc = FrameDiscriminator(config.loss.disc_base_dim,
                             attn_resolutions=tuple(config.loss.get("disc_attn_resolutions", (16,))))
-  return {"model": build_model(config), "discriminator": disc,
-          "optimizer": make_optimizer(config)}
+  parts = {"model": build_model(config), "discriminator": disc, "optimizer": make_optimizer(config)}
+  if config.loss.get("perceptual_weight", 0) > 0:
+    parts["vgg"] = perceptual.load_vgg16_params(config.loss.perceptual_weights)
+  return parts
 
 
 def make_state_fn(run):
@@ -81,6 +102,11 @@ def make_state_fn(run):
               "discriminator": run.parts["discriminator"].init(k_disc, video[:, 0])}
     return state_lib.create_state(params, run.tx, k_train)
   return fn
+
+
+def step_constants(run):
+  """The frozen VGG16 variables of the perceptual loss (None without it): a step argument, not state."""
+  return run.parts.get("vgg")
 
 
 def step_fn(run):
@@ -96,37 +122,55 @@ def to_unit(video_uint8):
   return video_uint8.astype(jnp.float32) / 255.0
 
 
-def _random_frames(rng, video):
+def random_frames(rng, video):
+  """One random frame of each clip: (B, T, H, W, C) -> (B, H, W, C)."""
   b, t = video.shape[:2]
   idx = jax.random.randint(rng, (b,), 0, t)
   return jnp.take_along_axis(video, idx.reshape(b, 1, 1, 1, 1), axis=1)[:, 0]
 
 
-def train_step(state, batch, *, model, disc, tx, config):
-  rng = state.step_key()
-  k_frame, _ = jax.random.split(rng)
+def train_step(state, batch, vgg=None, *, model, disc, tx, config):
+  """One update. With train.image_steps = N > 0 the first N steps train on images (one random frame of each
+  clip, as a 1-frame video: the first-frame patch path) and the rest on the clips; a `lax.cond` on the step
+  picks the branch, so one compiled step serves both phases and resuming keeps the phase."""
   video = to_unit(batch["video"])
+  image_steps = config.train.get("image_steps", 0)
+  if image_steps <= 0:
+    return _update(state, video, vgg, model=model, disc=disc, tx=tx, config=config)
+  images = random_frames(jax.random.fold_in(state.step_key(), 1), video)[:, None]
+  return jax.lax.cond(state.step < image_steps,
+                      lambda: _update(state, images, vgg, model=model, disc=disc, tx=tx, config=config),
+                      lambda: _update(state, video, vgg, model=model, disc=disc, tx=tx, config=config))
+
+
+def _update(state, video, vgg, *, model, disc, tx, config):
+  k_frame, _ = jax.random.split(state.step_key())
   tok, dvars = state.params["tokenizer"], state.params["discriminator"]
   lc = config.loss
   gan_on = (lc.gan_weight > 0) & (state.step >= config.train.gan_start)
+  real = random_frames(k_frame, video)
 
   def recon_loss(tok):
     recon, indices, aux = model.apply(tok, video, train=True)
     mse = jnp.mean(jnp.square(recon - video))
-    return mse + aux["loss"], (recon, indices, aux, mse)
+    total = mse + aux["loss"]
+    percept = jnp.zeros(())
+    if vgg is not None:   # on the same random frame per clip as the GAN: VGG on every frame would dominate
+      percept = perceptual.perceptual_loss(vgg, random_frames(k_frame, recon), real)
+      total = total + lc.perceptual_weight * percept
+    return total, (recon, indices, aux, mse, percept)
 
   def gen_loss(tok):
     recon, _, _ = model.apply(tok, video, train=True)
-    return gan.hinge_generator_loss(disc.apply(dvars, _random_frames(k_frame, recon)))
+    return gan.hinge_generator_loss(disc.apply(dvars, random_frames(k_frame, recon)))
 
-  (rec_total, (recon, indices, aux, mse)), g_rec = jax.value_and_grad(recon_loss, has_aux=True)(tok)
+  (rec_total, (recon, indices, aux, mse, percept)), g_rec = jax.value_and_grad(recon_loss, has_aux=True)(tok)
   if lc.gan_weight > 0:   # static: without GAN neither the discriminator nor the second backward pass runs
     g_gan = jax.grad(gen_loss)(tok)
     last = lambda g: g["params"]["to_pixels"]["kernel"]
     weight = jnp.where(gan_on, lc.gan_weight * gan.adaptive_weight(last(g_rec), last(g_gan)), 0.0)
     g_tok = jax.tree.map(lambda a, b: a + weight * b, g_rec, g_gan)
-    real = _random_frames(k_frame, video)
-    fake = jax.lax.stop_gradient(_random_frames(k_frame, recon))
+    fake = jax.lax.stop_gradient(random_frames(k_frame, recon))
 
     def disc_loss(dvars):
       d_fn = lambda x: disc.apply(dvars, x)
@@ -144,6 +188,7 @@ def train_step(state, batch, *, model, disc, tx, config):
   new_state = state_lib.apply_update(state, grads, tx, config.optim.ema_decay, ok)
   psnr = -10.0 * jnp.log10(jnp.maximum(jnp.mean(jnp.square(jnp.clip(recon, 0, 1) - video)), 1e-10))
   metrics = {"loss": rec_total, "recon_mse": mse, "psnr": psnr, "quantizer_loss": aux["loss"],
-             "codebook_usage": aux["usage"], "perplexity": aux["perplexity"], "disc_loss": d_loss,
-             "gan_weight": weight, "grad_norm": grad_norm, "finite": ok}
+             "perceptual_loss": percept, "codebook_usage": aux["usage"], "perplexity": aux["perplexity"],
+             "disc_loss": d_loss, "gan_weight": weight, "grad_norm": grad_norm, "finite": ok,
+             "frames": jnp.asarray(video.shape[1], jnp.float32)}
   return new_state, metrics

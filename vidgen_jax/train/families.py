@@ -9,6 +9,8 @@ A family module provides:
   make_state_fn(run) -> fn(key) -> boxed TrainState (traced under jit with sharded outputs)
   step_fn(run) -> fn(state, batch) -> (state, metrics)
   host_batch(run, batch) -> batch                   host-side additions (e.g. text embeddings)
+  step_constants(run) -> pytree | None              optional: frozen arrays outside the train state (e.g.
+                                                    the perceptual VGG), passed to step_fn's fn as a 3rd arg
 and its sampling class is registered in `vidgen_jax.sample.generate`.
 """
 import importlib

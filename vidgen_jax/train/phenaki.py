@@ -9,6 +9,9 @@ sample -> MaskGIT logits with the text as cross-attention context (condition dro
 the learned null key/values) -> cross-entropy on masked tokens. With model.critic, a Token-Critic is
 trained in the same step on the generator's samples at the masked positions, labelled fake only where the
 sampled token differs from the real one.
+
+Images first, then video (Phenaki trains on images and videos): train.image_steps = N trains the first N
+steps on single frames with their captions, then on clips.
 """
 import functools
 
@@ -19,6 +22,7 @@ import optax
 from vidgen_jax.maskgit import losses as mg_losses
 from vidgen_jax.maskgit import schedule as mg_schedule
 from vidgen_jax.models.cvivit import CViViT
+from vidgen_jax.train.cvivit import random_frames
 from vidgen_jax.models.maskgit import MaskGit, TokenCritic
 from vidgen_jax.train import state as state_lib
 
@@ -43,6 +47,8 @@ def validate(config, num_devices: int, num_processes: int = 1):
   p = []
   if not config.tokenizer.workdir:
     p.append("tokenizer.workdir is empty: train a C-ViViT first (configs/cvivit_shapes.py) and give its workdir")
+  if config.train.get("image_steps", 0) < 0:
+    p.append(f"train.image_steps={config.train.image_steps}: must be >= 0")
   if not 0 <= config.train.cfg_drop_prob <= 1:
     p.append(f"train.cfg_drop_prob={config.train.cfg_drop_prob}: must be in [0, 1]")
   if config.train.batch_size % max(num_devices, 1) and config.mesh.data == -1:
@@ -106,9 +112,24 @@ def video_to_tokens(tokenizer, tok_vars, video_uint8):
 
 
 def train_step(state, batch, *, model, critic, tokenizer, grid, tx, config):
+  """One update. With train.image_steps = N > 0 the first N steps train on images: one random frame of each
+  clip, tokenized as a 1-frame video (its h x w tokens are the first token step of a clip, same positions),
+  with the clip's caption; then on whole clips. A `lax.cond` on the step picks the branch."""
+  kw = dict(model=model, critic=critic, tokenizer=tokenizer, tx=tx, config=config)
+  video = batch["video"]
+  image_steps = config.train.get("image_steps", 0)
+  if image_steps <= 0:
+    return _update(state, batch, video, grid, **kw)
+  images = random_frames(jax.random.fold_in(state.step_key(), 1), video)[:, None]
+  return jax.lax.cond(state.step < image_steps,
+                      lambda: _update(state, batch, images, (1,) + tuple(grid[1:]), **kw),
+                      lambda: _update(state, batch, video, grid, **kw))
+
+
+def _update(state, batch, video, grid, *, model, critic, tokenizer, tx, config):
   rng = state.step_key()
   k_mask, k_drop, k_critic_mask, k_sample = jax.random.split(rng, 4)
-  tokens = video_to_tokens(tokenizer, state.params["tokenizer"], batch["video"])
+  tokens = video_to_tokens(tokenizer, state.params["tokenizer"], video)
   b, n = tokens.shape
   mask = mg_schedule.sample_train_mask(k_mask, b, n, config.train.mask_schedule)
   null = mg_losses.cfg_drop(k_drop, b, config.train.cfg_drop_prob)
@@ -141,5 +162,5 @@ def train_step(state, batch, *, model, critic, tokenizer, grid, tx, config):
   # Bit-exact freeze: the EMA's d*p + (1-d)*p would round the tokenizer's weights.
   new_state = new_state.replace(params={**new_state.params, "tokenizer": state.params["tokenizer"]},
                                 ema_params={**new_state.ema_params, "tokenizer": state.ema_params["tokenizer"]})
-  metrics.update(loss=loss, grad_norm=grad_norm, finite=ok)
+  metrics.update(loss=loss, grad_norm=grad_norm, finite=ok, token_steps=jnp.asarray(grid[0], jnp.float32))
   return new_state, metrics

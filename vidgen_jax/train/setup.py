@@ -39,10 +39,22 @@ class Run:
     return {k: sharding_lib.batch_sharding(self.mesh, n, self.rules) for k, n in self.family.BATCH_NDIMS.items()}
 
   def jit_train_step(self):
-    """The jitted train step with explicit shardings; the incoming state is donated."""
+    """The jitted train step fn(state, batch) with explicit shardings; the incoming state is donated.
+
+    A family whose step needs frozen arrays that are not part of the train state (the perceptual loss's VGG
+    weights) returns them from `step_constants(run)`: they are passed to the step as a third, replicated
+    argument, never baked into the compiled program as constants nor checkpointed.
+    """
     step = self.family.step_fn(self)
-    return jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings()),
-                   out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+    constants = getattr(self.family, "step_constants", lambda run: None)(self)
+    if constants is None:
+      return jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings()),
+                     out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    constants = jax.device_put(constants, replicated)
+    jitted = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings(), replicated),
+                     out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+    return _BoundStep(jitted, constants)
 
   def context(self):
     """Mesh + logical rules context for tracing steps (activates the model's sharding constraints)."""
@@ -59,6 +71,19 @@ class Run:
 
   def _state_fn(self):
     return self.family.make_state_fn(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BoundStep:
+  """A jitted fn(state, batch, constants) called and lowered as fn(state, batch)."""
+  jitted: Any
+  constants: Any
+
+  def __call__(self, state, batch):
+    return self.jitted(state, batch, self.constants)
+
+  def lower(self, state, batch):
+    return self.jitted.lower(state, batch, self.constants)
 
 
 def build_text_encoder(config):

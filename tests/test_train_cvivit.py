@@ -1,0 +1,85 @@
+"""C-ViViT tokenizer training: the perceptual term (frozen VGG outside the state), images-first phase."""
+import jax
+import numpy as np
+import pytest
+
+from vidgen_jax import configs
+from vidgen_jax.data import pipeline
+from vidgen_jax.losses import perceptual
+from vidgen_jax.train import setup
+from vidgen_jax.train.validation import ConfigError
+from vidgen_jax.train import cvivit
+
+ONE = jax.devices()[:1]
+
+
+def _config(**train):
+  c = configs.load_config_file("configs/cvivit_shapes.py:runlocal=True")
+  c.loss.gan_weight = 0.0
+  for k, v in train.items():
+    setattr(c.train, k, v)
+  return c
+
+
+def _batch(config):
+  it = iter(pipeline.make_dataset(pipeline.make_source(config.data), config.train.batch_size, 0))
+  return next(it)
+
+
+def _steps(run, batch, n):
+  state, step = run.init_state(0), run.jit_train_step()
+  out = []
+  with run.context():
+    for _ in range(n):
+      state, m = step(state, pipeline.to_global(batch, run.batch_shardings()))
+      out.append(jax.device_get(m))
+  return state, out
+
+
+@pytest.fixture(scope="module")
+def vgg_file(tmp_path_factory):
+  return perceptual.save_random_vgg16(tmp_path_factory.mktemp("vgg") / "vgg16.npz", seed=1)
+
+
+def test_perceptual_term_is_in_the_loss_but_vgg_is_not_in_the_state(vgg_file):
+  config = _config()
+  config.loss.perceptual_weight, config.loss.perceptual_weights = 0.5, str(vgg_file)
+  cvivit.validate(config, 1)
+  run = setup.build_run(config, devices=ONE)
+  batch = _batch(config)
+  state, (m,) = _steps(run, batch, 1)
+  assert m["perceptual_loss"] > 0
+  np.testing.assert_allclose(m["loss"], m["recon_mse"] + m["quantizer_loss"] + 0.5 * m["perceptual_loss"],
+                             rtol=1e-5)
+  assert set(state.params) == {"tokenizer", "discriminator"}     # VGG: a step argument, not trained/saved
+  n_vgg = sum(x.size for x in jax.tree.leaves(run.parts["vgg"]))
+  assert n_vgg > 1e7 and sum(x.size for x in jax.tree.leaves(state.params)) < n_vgg
+  # The AOT path (vidgen compile) lowers the step with the VGG weights as arguments, not baked constants.
+  from vidgen_jax.parallel import aot
+  args = aot.lower_train_step(run).args_info[0]
+  assert len(args) == 3 and len(jax.tree.leaves(args[2])) == len(jax.tree.leaves(run.parts["vgg"]))
+
+
+def test_perceptual_config_errors_name_the_problem(tmp_path):
+  config = _config()
+  config.loss.perceptual_weight = 1.0
+  with pytest.raises(ConfigError, match="needs loss.perceptual_weights"):
+    cvivit.validate(config, 1)
+  config.loss.perceptual_weights = str(tmp_path / "missing.npz")
+  with pytest.raises(ConfigError, match="no such file"):
+    cvivit.validate(config, 1)
+  config.data.image_size = 8
+  with pytest.raises(ConfigError, match="at least 16 pixels"):
+    cvivit.validate(config, 1)
+
+
+def test_images_first_then_clips():
+  config = _config(image_steps=2)
+  cvivit.validate(config, 1)
+  run = setup.build_run(config, devices=ONE)
+  _, ms = _steps(run, _batch(config), 3)
+  assert [float(m["frames"]) for m in ms] == [1.0, 1.0, float(config.data.num_frames)]
+  assert all(np.isfinite(m["loss"]) for m in ms)
+  config.train.image_steps = -1
+  with pytest.raises(ConfigError, match="image_steps"):
+    cvivit.validate(config, 1)
