@@ -28,6 +28,7 @@ def get_config(arg=None):
   c.model.heads = 4
   c.model.dim_head = 32
   # lfq (phenaki's default; codebook_size a power of 2) | fsq (levels below; no collapse by construction)
+  # | vq (EMA cosine codebook of codebook_size; dead codes re-seeded, train.reseed_dead_codes_after)
   c.model.quantizer = "lfq" if arg.variant == "S" else "fsq"
   c.model.codebook_size = 4096
   c.model.fsq_levels = (8, 8, 8)    # fsq: 512 codes
@@ -50,6 +51,7 @@ def get_config(arg=None):
   c.train.batch_size = 16
   c.train.num_steps = 2000
   c.train.gan_start = 1000          # GAN terms start here (reconstruction first)
+  c.train.reseed_dead_codes_after = 50   # vq: re-seed codes unused this many steps (0 = never)
   c.train.image_steps = 0           # > 0: the first image_steps steps train on single frames (images first)
   c.train.log_every = 50
   c.train.ckpt_every = 500

@@ -16,4 +16,4 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${REPO_ROOT}"
 VENV_DIR="${VENV_DIR:-${REPO_ROOT}/.venv}"
 VIDGEN_EXTRAS="${VIDGEN_EXTRAS:-test}" bash launch/setup_env.sh
-exec "${VENV_DIR}/bin/python" -m pytest -q tests "$@"
+exec "${VENV_DIR}/bin/python" -m pytest -q --durations=15 tests "$@"

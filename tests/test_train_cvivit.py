@@ -73,12 +73,23 @@ def test_perceptual_config_errors_name_the_problem(tmp_path):
     cvivit.validate(config, 1)
 
 
-def test_images_first_then_clips():
+def test_ema_vq_codebook_trained_by_the_step_dead_codes_reseeded_and_images_first():
   config = _config(image_steps=2)
+  config.model.quantizer, config.model.codebook_size = "vq", 64
+  config.train.reseed_dead_codes_after = 1
   cvivit.validate(config, 1)
   run = setup.build_run(config, devices=ONE)
-  _, ms = _steps(run, _batch(config), 3)
-  assert [float(m["frames"]) for m in ms] == [1.0, 1.0, float(config.data.num_frames)]
+  init = jax.device_get(run.init_state(0).params["tokenizer"]["quantizer_stats"]["vq"])
+  state, ms = _steps(run, _batch(config), 3)
+  vq = jax.device_get(state.params["tokenizer"]["quantizer_stats"]["vq"])
+  assert vq["unused_steps"].dtype == np.int32 and vq["unused_steps"].max() <= 1   # re-seeded, not stale
+  assert not np.allclose(vq["embed"], init["embed"])                              # the EMA moved codes
+  np.testing.assert_allclose(np.linalg.norm(vq["embed"], axis=-1), 1.0, rtol=1e-5)  # cosine codebook
+  ema = jax.device_get(state.ema_params["tokenizer"]["quantizer_stats"]["vq"])
+  for k in vq:                                     # one codebook: the EMA params carry the same one
+    np.testing.assert_array_equal(vq[k], ema[k])
+  assert max(m["dead_codes"] for m in ms) > 0 and 0 < ms[-1]["codebook_usage"] <= 1
+  assert [float(m["frames"]) for m in ms] == [1.0, 1.0, float(config.data.num_frames)]   # images, then clips
   assert all(np.isfinite(m["loss"]) for m in ms)
   config.train.image_steps = -1
   with pytest.raises(ConfigError, match="image_steps"):

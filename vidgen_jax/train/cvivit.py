@@ -1,6 +1,7 @@
 """C-ViViT tokenizer training (Phenaki stage 1): the family interface and the one train step.
 
-The train state's params are {'tokenizer': {'params': ...}, 'discriminator': {'params': ...}}; one optax
+The train state's params are {'tokenizer': {'params': ... [, 'quantizer_stats': EMA-VQ codebook]},
+'discriminator': {'params': ...}}; one optax
 `multi_transform` holds the generator's and the discriminator's optimizers, so a single TrainState (and one
 checkpoint) carries both. Each step, in one jitted function:
 
@@ -17,7 +18,9 @@ Images first: train.image_steps = N trains the first N steps on single frames (1
 
 Monitoring: codebook usage and perplexity of the batch's indices are logged every log_every steps
 (codebook collapse is this family's known failure); FSQ has no collapse mode, LFQ fights it with its
-entropy loss. (The EMA-VQ quantizer's mutable codebook is not trained by this step: choose lfq or fsq.)
+entropy loss. The EMA-VQ codebook ('quantizer_stats', beside the params in the state and the checkpoint,
+optimizer set_to_zero) is updated by the quantizer's EMA inside the step; codes unused for
+train.reseed_dead_codes_after steps are re-seeded with encoder outputs of the batch (`dead_codes` logged).
 """
 import functools
 import pathlib
@@ -26,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vidgen_jax.layers.quantizers import VQ_COLLECTION, reseed_dead_codes
 from vidgen_jax.losses import gan, perceptual
 from vidgen_jax.models.cvivit import CViViT
 from vidgen_jax.models.discriminator import FrameDiscriminator
@@ -46,9 +50,10 @@ def build_model(config) -> CViViT:
 def validate(config, num_devices: int, num_processes: int = 1):
   from vidgen_jax.train.validation import ConfigError
   p, m, d = [], config.model, config.data
-  if m.quantizer not in ("lfq", "fsq"):
-    p.append(f"model.quantizer={m.quantizer!r}: training supports lfq and fsq (vq's EMA codebook is not "
-             "updated by the train step)")
+  if m.quantizer not in ("lfq", "fsq", "vq"):
+    p.append(f"model.quantizer={m.quantizer!r}: choose lfq, fsq or vq")
+  if config.train.get("reseed_dead_codes_after", 0) < 0:
+    p.append(f"train.reseed_dead_codes_after={config.train.reseed_dead_codes_after}: must be >= 0 (0 = never)")
   if m.quantizer == "lfq" and (m.codebook_size < 2 or m.codebook_size & (m.codebook_size - 1)):
     p.append(f"model.codebook_size={m.codebook_size}: LFQ needs a power of 2")
   if (d.num_frames - 1) % m.temporal_patch_size:
@@ -78,9 +83,12 @@ def validate(config, num_devices: int, num_processes: int = 1):
 def make_optimizer(config):
   tx_g, lr_fn = state_lib.make_optimizer(config.optim, config.train.num_steps)
   tx_d, _ = state_lib.make_optimizer(config.optim, config.train.num_steps)
-  labels = lambda params: {"tokenizer": jax.tree.map(lambda _: "g", params["tokenizer"]),
+  # The EMA-VQ codebook statistics live beside the params (one checkpointed tree) but are not trained by
+  # gradients: the step writes them.
+  labels = lambda params: {"tokenizer": {k: jax.tree.map(lambda _: "stats" if k == VQ_COLLECTION else "g", v)
+                                         for k, v in params["tokenizer"].items()},
                            "discriminator": jax.tree.map(lambda _: "d", params["discriminator"])}
-  return optax.multi_transform({"g": tx_g, "d": tx_d}, labels), lr_fn
+  return optax.multi_transform({"g": tx_g, "d": tx_d, "stats": optax.set_to_zero()}, labels), lr_fn
 
 
 def build_components(config, text_encoder=None) -> dict:
@@ -143,31 +151,44 @@ def train_step(state, batch, vgg=None, *, model, disc, tx, config):
                       lambda: _update(state, video, vgg, model=model, disc=disc, tx=tx, config=config))
 
 
+def _forward(model, variables, video):
+  """(recon, indices, aux, pre-quantization tokens, updated VQ stats or None) in training mode."""
+  z = model.apply(variables, video, deterministic=False, method=CViViT.encode_continuous)
+  if model.quantizer == "vq":   # the EMA codebook update: a mutable collection, not a gradient
+    (q, indices, aux), upd = model.apply(variables, z, train=True, method=CViViT.quantize, mutable=[VQ_COLLECTION])
+    stats = upd[VQ_COLLECTION]
+  else:
+    (q, indices, aux), stats = model.apply(variables, z, train=True, method=CViViT.quantize), None
+  return model.apply(variables, q, deterministic=False, method=CViViT.decode), indices, aux, z, stats
+
+
 def _update(state, video, vgg, *, model, disc, tx, config):
-  k_frame, _ = jax.random.split(state.step_key())
+  k_frame, k_reseed = jax.random.split(state.step_key())
   tok, dvars = state.params["tokenizer"], state.params["discriminator"]
   lc = config.loss
   gan_on = (lc.gan_weight > 0) & (state.step >= config.train.gan_start)
   real = random_frames(k_frame, video)
+  with_params = lambda p: {**tok, "params": p}    # gradients only for 'params', never the VQ statistics
 
-  def recon_loss(tok):
-    recon, indices, aux = model.apply(tok, video, train=True)
+  def recon_loss(p):
+    recon, indices, aux, z, stats = _forward(model, with_params(p), video)
     mse = jnp.mean(jnp.square(recon - video))
     total = mse + aux["loss"]
     percept = jnp.zeros(())
     if vgg is not None:   # on the same random frame per clip as the GAN: VGG on every frame would dominate
       percept = perceptual.perceptual_loss(vgg, random_frames(k_frame, recon), real)
       total = total + lc.perceptual_weight * percept
-    return total, (recon, indices, aux, mse, percept)
+    return total, (recon, indices, aux, mse, percept, z, stats)
 
-  def gen_loss(tok):
-    recon, _, _ = model.apply(tok, video, train=True)
+  def gen_loss(p):
+    recon = _forward(model, with_params(p), video)[0]
     return gan.hinge_generator_loss(disc.apply(dvars, random_frames(k_frame, recon)))
 
-  (rec_total, (recon, indices, aux, mse, percept)), g_rec = jax.value_and_grad(recon_loss, has_aux=True)(tok)
+  (rec_total, (recon, indices, aux, mse, percept, z, stats)), g_rec = jax.value_and_grad(
+      recon_loss, has_aux=True)(tok["params"])
   if lc.gan_weight > 0:   # static: without GAN neither the discriminator nor the second backward pass runs
-    g_gan = jax.grad(gen_loss)(tok)
-    last = lambda g: g["params"]["to_pixels"]["kernel"]
+    g_gan = jax.grad(gen_loss)(tok["params"])
+    last = lambda g: g["to_pixels"]["kernel"]
     weight = jnp.where(gan_on, lc.gan_weight * gan.adaptive_weight(last(g_rec), last(g_gan)), 0.0)
     g_tok = jax.tree.map(lambda a, b: a + weight * b, g_rec, g_gan)
     fake = jax.lax.stop_gradient(random_frames(k_frame, recon))
@@ -182,13 +203,32 @@ def _update(state, video, vgg, *, model, disc, tx, config):
   else:
     weight, g_tok, d_loss = jnp.zeros(()), g_rec, jnp.zeros(())
     g_d = jax.tree.map(jnp.zeros_like, dvars)
+  g_tok = {k: (g_tok if k == "params" else jax.tree.map(jnp.zeros_like, v)) for k, v in tok.items()}
   grads = {"tokenizer": g_tok, "discriminator": g_d}
   grad_norm = optax.tree.norm(grads)
   ok = jnp.isfinite(rec_total) & jnp.isfinite(grad_norm)
   new_state = state_lib.apply_update(state, grads, tx, config.optim.ema_decay, ok)
+  extra = {}
+  if stats is not None:
+    new_state, extra = _store_vq_stats(state, new_state, stats, z, ok, k_reseed, config)
   psnr = -10.0 * jnp.log10(jnp.maximum(jnp.mean(jnp.square(jnp.clip(recon, 0, 1) - video)), 1e-10))
   metrics = {"loss": rec_total, "recon_mse": mse, "psnr": psnr, "quantizer_loss": aux["loss"],
              "perceptual_loss": percept, "codebook_usage": aux["usage"], "perplexity": aux["perplexity"],
              "disc_loss": d_loss, "gan_weight": weight, "grad_norm": grad_norm, "finite": ok,
-             "frames": jnp.asarray(video.shape[1], jnp.float32)}
+             "frames": jnp.asarray(video.shape[1], jnp.float32), **extra}
   return new_state, metrics
+
+
+def _store_vq_stats(state, new_state, stats, z, ok, rng, config):
+  """Writes the step's EMA codebook (re-seeding codes unused for train.reseed_dead_codes_after steps with
+  encoder outputs of this batch) into params and EMA params alike: the codebook has no separate average."""
+  after = config.train.get("reseed_dead_codes_after", 0)
+  vq = stats["vq"]
+  dead = jnp.sum(vq["unused_steps"] > after) if after > 0 else jnp.zeros((), jnp.int32)
+  if after > 0:
+    vq = reseed_dead_codes(vq, jax.lax.stop_gradient(z), rng, after)
+  old = state.params["tokenizer"][VQ_COLLECTION]
+  stats = jax.tree.map(lambda n, o: jnp.where(ok, n, o), {"vq": vq}, old)
+  put = lambda tree: {**tree, "tokenizer": {**tree["tokenizer"], VQ_COLLECTION: stats}}
+  return (new_state.replace(params=put(new_state.params), ema_params=put(new_state.ema_params)),
+          {"dead_codes": dead.astype(jnp.float32)})
