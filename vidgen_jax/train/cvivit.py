@@ -88,7 +88,10 @@ def make_optimizer(config):
   labels = lambda params: {"tokenizer": {k: jax.tree.map(lambda _: "stats" if k == VQ_COLLECTION else "g", v)
                                          for k, v in params["tokenizer"].items()},
                            "discriminator": jax.tree.map(lambda _: "d", params["discriminator"])}
-  return optax.multi_transform({"g": tx_g, "d": tx_d, "stats": optax.set_to_zero()}, labels), lr_fn
+  transforms = {"g": tx_g, "d": tx_d}
+  if config.model.quantizer == "vq":   # only then: lfq/fsq optimizer states keep their (checkpointed) layout
+    transforms["stats"] = optax.set_to_zero()
+  return optax.multi_transform(transforms, labels), lr_fn
 
 
 def build_components(config, text_encoder=None) -> dict:
