@@ -120,8 +120,8 @@ def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: s
   (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
   (out / "readings.json").write_text(json.dumps(
       [{"prompt": p, "split": s, **r} for p, s, r in zip(prompts, splits, readings)], indent=1))
-  if videos.shape[1] == ev.NUM_FRAMES:
-    grid_lib.labelled_grid(videos, prompts, readings, splits).save(out / "grid.png")
+  if ev.NUM_FRAMES <= videos.shape[1] < 2 * ev.NUM_FRAMES:   # one scored segment (Phenaki clips: 9 frames)
+    grid_lib.labelled_grid(videos[:, :ev.NUM_FRAMES], prompts, readings, splits).save(out / "grid.png")
   video_io.write_videos(out / "samples.npz", videos, prompts)
   video_io.write_videos(out / "grid.gif", videos, prompts, fps=fps, ncols=max(n, 8), scale=2)
   _log_tensorboard(workdir, gen.step, scores["generated"], tag)
