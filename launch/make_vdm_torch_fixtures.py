@@ -177,6 +177,8 @@ def main(argv=None):
   out.mkdir(parents=True, exist_ok=True)
   for i, (name, spec) in enumerate(CONFIGS.items()):
     state, io, meta, diffusion = make_fixture(vdp, name, spec, args.seed + 10 * i)
+    # contiguous copies: safetensors.numpy writes an array's buffer as is, whatever its strides
+    state, io = ({k: np.ascontiguousarray(v) for k, v in d.items()} for d in (state, io))
     save_file(state, str(out / f"{name}.safetensors"))
     save_file(io, str(out / f"{name}.io.safetensors"))
     (out / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

@@ -8,8 +8,10 @@
   vidgen evaluator train [--out FILE] [--steps N]    rebuild the shapes evaluator (deterministic)
   vidgen evaluator test [--weights FILE]             its accuracy on held-out real clips
   vidgen convert --from video-diffusion-pytorch --checkpoint FILE --workdir DIR --image-size N --num-frames N
+  vidgen convert --from phenaki-pytorch --checkpoint FILE --workdir DIR --image-size N --num-frames N --patch-size P
                                                      import a PyTorch checkpoint as a sampling workdir
-  vidgen bench vdm-s [--torch-python PY]             time train/denoise steps vs the PyTorch reference
+  vidgen bench vdm-s|cvivit-s|maskgit-s [--torch-python PY]
+                                                     time train (and denoise) steps vs the PyTorch reference
   vidgen compile --config FILE[:args] --topology v5p:2x2x2 [--preset data,fsdp,fsdp_tensor] [--remat both]
                  [--utilisation 0.4] [--config.key=value ...]
                                                      compile the train step ahead of time for a TPU slice:
@@ -92,12 +94,12 @@ def _parser() -> argparse.ArgumentParser:
   vx.add_argument("--num", type=int, default=2000, help="clips per test set")
 
   b = sub.add_parser("bench", help="time a benchmark config (DESIGN.md), side by side with the PyTorch reference")
-  b.add_argument("name", choices=("vdm-s",))
+  b.add_argument("name", choices=("vdm-s", "cvivit-s", "maskgit-s"))
   b.add_argument("--reps", type=int, default=10, help="timed calls per measurement (median reported)")
   b.add_argument("--torch-python", default=None,
                  help="interpreter with torch + the reference installed (default: this one)")
   b.add_argument("--no-reference", action="store_true", help="skip timing the PyTorch reference")
-  b.add_argument("--no-sampling", action="store_true", help="skip the 50-step sampling measurement")
+  b.add_argument("--no-sampling", action="store_true", help="vdm-s: skip the 50-step sampling measurement")
   _convert_parser(sub)
   _compile_parser(sub)
   return p
@@ -126,14 +128,18 @@ def _convert_parser(sub):
   c = sub.add_parser("convert", help="import a PyTorch checkpoint as a workdir that `vidgen sample` uses",
                      description="Architecture flags default to what the checkpoint's shapes say; given ones "
                                  "must agree with the weights.")
-  c.add_argument("--from", dest="source", required=True, choices=("video-diffusion-pytorch",))
+  c.add_argument("--from", dest="source", required=True, choices=("video-diffusion-pytorch", "phenaki-pytorch"))
   c.add_argument("--checkpoint", required=True,
                  help=".safetensors, or .pt/.pth (needs the [torch] extra): a Unet3D or GaussianDiffusion "
-                      "state dict, or the reference Trainer's model-N.pt")
+                      "state dict, or the reference Trainer's model-N.pt; phenaki-pytorch: a CViViT state dict "
+                      "(or CViViTTrainer's vae.N[.ema].pt) -> a C-ViViT workdir, a Phenaki state dict (or "
+                      "PhenakiTrainer's model-N.pt) -> a Phenaki workdir with its tokenizer in WORKDIR/tokenizer")
   c.add_argument("--workdir", required=True, help="new workdir to write")
-  c.add_argument("--which", choices=("ema", "model"), default="ema", help="Trainer checkpoint weights")
-  c.add_argument("--image-size", type=int, required=True, help="GaussianDiffusion image_size")
-  c.add_argument("--num-frames", type=int, required=True, help="GaussianDiffusion num_frames")
+  c.add_argument("--which", choices=("ema", "model"), default="ema",
+                 help="Trainer (video-diffusion) or EMA-wrapper (CViViTTrainer vae.N.ema.pt) weights")
+  c.add_argument("--image-size", type=int, required=True, help="GaussianDiffusion / CViViT image_size")
+  c.add_argument("--num-frames", type=int, required=True,
+                 help="GaussianDiffusion num_frames; phenaki-pytorch: the clip length, 1 + k * temporal patch")
   c.add_argument("--timesteps", type=int, default=None,
                  help="GaussianDiffusion timesteps (default: the checkpoint's schedule, else 1000)")
   c.add_argument("--loss", choices=("l1", "l2"), default="l1", help="GaussianDiffusion loss_type")
@@ -151,7 +157,14 @@ def _convert_parser(sub):
   s = c.add_argument_group("sampling defaults written to the config")
   s.add_argument("--sampler", choices=("ddim", "ddpm", "dpmpp2m"), default=None, help="ddpm: the reference's sampler")
   s.add_argument("--steps", type=int, default=None)
-  s.add_argument("--cond-scale", type=float, default=1.0, help="guidance weight (reference default 1)")
+  s.add_argument("--cond-scale", type=float, default=None,
+                 help="guidance weight (reference defaults: video-diffusion 1, phenaki 3)")
+  s.add_argument("--temperature", type=float, default=None, help="phenaki: MaskGIT sampling temperature (0.9)")
+  p = c.add_argument_group("phenaki-pytorch arguments (the rest is read off the checkpoint)")
+  p.add_argument("--patch-size", type=int, default=None,
+                 help="CViViT patch_size (required: the weights only store channels * patch area)")
+  p.add_argument("--no-critic", action="store_true",
+                 help="leave the critic out (required for a SelfCritic, which the phenaki family lacks)")
 
 
 def _sampling_flags(p):
@@ -350,17 +363,51 @@ def _evaluator(args) -> int:
 
 def _bench(args) -> int:
   import json
-  from vidgen_jax.bench import vdm_s
+  from vidgen_jax import bench
   if args.reps < 1:
     raise ValueError("--reps must be at least 1")
-  for rec in vdm_s.run(reps=args.reps, torch_python=args.torch_python, with_reference=not args.no_reference,
-                       sample_videos=not args.no_sampling):
+  kwargs = dict(reps=args.reps, torch_python=args.torch_python, with_reference=not args.no_reference)
+  if args.name == "vdm-s":
+    kwargs["sample_videos"] = not args.no_sampling
+  for rec in bench.run(args.name, **kwargs):
     print(json.dumps(rec), flush=True)
   return 0
 
 
 def _convert(args) -> int:
+  if args.source == "phenaki-pytorch":
+    from vidgen_jax.convert import phenaki_torch
+    vdm_only = {"--timesteps": args.timesteps, "--sampler": args.sampler, "--dim": args.dim,
+                "--cond-dim": args.cond_dim, "--attn-heads": args.attn_heads, "--attn-dim-head": args.attn_dim_head,
+                "--init-kernel-size": args.init_kernel_size, "--resnet-groups": args.resnet_groups,
+                "--dim-mults": args.dim_mults, "--use-sparse-linear-attn": args.use_sparse_linear_attn,
+                "--use-bert-text-cond": args.use_bert_text_cond or None}
+    given = [flag for flag, v in vdm_only.items() if v is not None]
+    if given:
+      raise ValueError(f"{', '.join(given)}: video-diffusion-pytorch flag(s); a phenaki-pytorch checkpoint's "
+                       "architecture is read off its weights (plus --patch-size)")
+    try:
+      info = phenaki_torch.convert_to_workdir(
+          args.checkpoint, args.workdir, image_size=args.image_size, num_frames=args.num_frames, which=args.which,
+          cvivit_kwargs={"patch_size": args.patch_size} if args.patch_size else None,
+          critic=False if args.no_critic else None, text_encoder=args.text_encoder, text_path=args.text_path,
+          text_max_length=args.text_max_length, steps=args.steps, cond_scale=args.cond_scale,
+          temperature=args.temperature, step=args.step)
+    except (ModuleNotFoundError, NotImplementedError) as e:   # torch missing for a .pt file; no compat mode
+      raise ValueError(str(e)) from None
+    c = info["config"]
+    if c.family == "cvivit":
+      what, hint = f"C-ViViT {c.model.quantizer}", f"vidgen eval --workdir {info['workdir']}"
+    else:
+      what = (f"Phenaki: tokenizer {info['tokenizer_workdir']}, MaskGIT{' + critic' if c.model.critic else ''}, "
+              f"text encoder {c.text.encoder}")
+      hint = f"vidgen sample --workdir {info['workdir']} --prompt '...' --out out.gif"
+    print(f"wrote {info['workdir']} from {args.checkpoint} ({what}, {info['num_params'] / 1e6:.2f}M parameters, "
+          f"{len(info['ignored'])} torch keys dropped as unused, step {info['step']}); try: {hint}")
+    return 0
   from vidgen_jax.convert import vdm_torch
+  if args.patch_size is not None or args.no_critic or args.temperature is not None:
+    raise ValueError("--patch-size, --no-critic and --temperature are phenaki-pytorch flags")
   kwargs = dict(dim=args.dim, cond_dim=args.cond_dim, attn_heads=args.attn_heads, attn_dim_head=args.attn_dim_head,
                 init_kernel_size=args.init_kernel_size, resnet_groups=args.resnet_groups,
                 use_sparse_linear_attn=args.use_sparse_linear_attn, use_bert_text_cond=args.use_bert_text_cond or None)
@@ -374,8 +421,8 @@ def _convert(args) -> int:
         args.checkpoint, args.workdir, image_size=args.image_size, num_frames=args.num_frames,
         reference_kwargs={k: v for k, v in kwargs.items() if v is not None}, which=args.which,
         timesteps=args.timesteps, loss_type=args.loss, text_encoder=args.text_encoder, text_path=args.text_path,
-        text_max_length=args.text_max_length, sampler=args.sampler, steps=args.steps, cond_scale=args.cond_scale,
-        step=args.step)
+        text_max_length=args.text_max_length, sampler=args.sampler, steps=args.steps,
+        cond_scale=1.0 if args.cond_scale is None else args.cond_scale, step=args.step)
   except ModuleNotFoundError as e:   # torch missing for a .pt file
     raise ValueError(str(e)) from None
   kind = "unconditional" if info["config"].model.unconditional else f"text encoder {info['config'].text.encoder}"

@@ -64,7 +64,7 @@ def _stats(indices, codebook_size):
 
 
 def _projection(features, axes, name):
-  return attention.dense(features, axes, name=name, use_bias=True)
+  return attention.dense(features, axes, name=name, use_bias=True, flat=True)
 
 
 class FSQ(nn.Module):

@@ -44,6 +44,7 @@ torch -> Flax parameter map (torch `Transformer`, per layer i; Linear weights tr
   norm_out.gamma                             -> norm_out/gamma
 Self-attention's empty null_kv (h, 0, d) and its dead context_norm.gamma have no counterpart.
 """
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -77,7 +78,7 @@ def causal_mask(q_len: int, k_len: int | None = None) -> np.ndarray:
 def _attend(q, k, v, *, bias, mask, rate: float, deterministic: bool):
   """attention.dot_product_attention, or the same with dropout on the probabilities (rng 'dropout')."""
   if rate == 0.0 or deterministic:
-    return attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
+    return attention.dot_product_attention(q, k, v, bias=bias, mask=mask, normalize_last=True)
   return attention.dot_product_attention(
       q, k, v, bias=bias, mask=mask, probs_fn=lambda p: nn.Dropout(rate)(p, deterministic=False))
 
@@ -100,7 +101,7 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, context=None, *, bias=None, mask=None, deterministic: bool = True):
     h, d, dim = self.heads, self.dim_head, x.shape[-1]
-    dense = lambda f, axes, name: attention.dense(f, axes, name=name, dtype=self.dtype)
+    dense = lambda f, axes, name: attention.dense(f, axes, name=name, dtype=self.dtype, flat=True)
     normed = norms.ChannelLayerNorm(dtype=self.dtype, name="norm")(x)
     if context is not None:
       kv_input = norms.ChannelLayerNorm(dtype=self.dtype, name="context_norm")(context)
@@ -146,10 +147,10 @@ class FeedForward(nn.Module):
     dim = x.shape[-1]
     inner = int(self.mult * (2 / 3) * dim)
     y = layer_norm("norm", dtype=self.dtype)(x)
-    y = attention.dense(2 * inner, ("embed", "mlp"), name="proj_in", dtype=self.dtype)(y)
+    y = attention.dense(2 * inner, ("embed", "mlp"), name="proj_in", dtype=self.dtype, flat=True)(y)
     a, gate = jnp.split(y, 2, axis=-1)
     y = nn.Dropout(self.dropout)(a * nn.gelu(gate, approximate=False), deterministic=deterministic)
-    return attention.dense(dim, ("mlp", "embed"), name="proj_out", dtype=self.dtype)(y)
+    return attention.dense(dim, ("mlp", "embed"), name="proj_out", dtype=self.dtype, flat=True)(y)
 
 
 def depthwise_conv3(x, kernel):
@@ -166,6 +167,70 @@ def depthwise_conv3(x, kernel):
         term = x[:, a:a + t, b:b + h, c:c + w, :] * kernel[a, b, c]
         out = term if out is None else out + term
   return out
+
+
+def _peg_pads(time_pad):
+  return [(0, 0), tuple(time_pad), (1, 1), (1, 1), (0, 0)]
+
+
+def _tap(xp, a, b, c, shape):
+  """xp[:, a:a+t, b:b+h, c:c+w] for shape (B, t, h, w, C), `a` possibly traced."""
+  return jax.lax.dynamic_slice(xp, (0, a, b, c, 0), shape)
+
+
+def _looped_depthwise_conv3(xp, kernel):
+  """`depthwise_conv3` (same taps, same order of the sums) with the 3 time offsets in a loop of 9 taps each.
+
+  The loop is what makes it fast inside a train step: written flat, XLA:CPU fuses the 27 taps' producer into
+  each tap and their sum into each consumer, so the padded input is materialised as 26 shifted copies and
+  the whole sum recomputed by every consumer (in the backward pass too). A loop body is a fusion boundary:
+  its operands and its result are computed once.
+  """
+  t, h, w = (xp.shape[i] - 2 for i in (1, 2, 3))
+  shape = (xp.shape[0], t, h, w, xp.shape[4])
+
+  def plane(a, acc):
+    for b in range(3):
+      for c in range(3):
+        term = _tap(xp, a, b, c, shape) * kernel[a, b, c]
+        acc = term if acc is None else acc + term
+    return acc
+  return jax.lax.fori_loop(1, 3, plane, plane(0, None))
+
+
+def _looped_tap_sums(xp, g):
+  """(3, 3, 3, C): sum over (B, t, h, w) of xp[:, a:a+t, b:b+h, c:c+w] * g, the kernel gradient."""
+  def plane(a, dk):
+    sums = jnp.stack([jnp.sum(_tap(xp, a, b, c, g.shape) * g, axis=(0, 1, 2, 3))
+                      for b in range(3) for c in range(3)])
+    return jax.lax.dynamic_update_slice(dk, sums.reshape(1, 3, 3, -1), (a, 0, 0, 0))
+  return jax.lax.fori_loop(0, 3, plane, jnp.zeros((3, 3, 3, g.shape[-1]), g.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def padded_depthwise_conv3(x, kernel, time_pad):
+  """`depthwise_conv3` of x (B, T, H, W, C) zero padded by `time_pad` in time, (1, 1) in space: (B, T, H, W, C).
+
+  Forward and backward are both 27-tap loops (`_looped_depthwise_conv3`): the input gradient is the same
+  conv of the output gradient (padded by 2 - pad, kernel flipped), the kernel gradient 27 reductions
+  (`_looped_tap_sums`). Differentiating the taps instead would keep 26 shifted copies of the input for the
+  backward pass and sum 27 padded gradient tensors.
+  """
+  return _looped_depthwise_conv3(jnp.pad(x, _peg_pads(time_pad)), kernel)
+
+
+def _padded_depthwise_conv3_fwd(x, kernel, time_pad):
+  return padded_depthwise_conv3(x, kernel, time_pad), (x, kernel)
+
+
+def _padded_depthwise_conv3_bwd(time_pad, res, g):
+  x, kernel = res
+  back_pads = [(0, 0)] + [(2 - lo, 2 - hi) for lo, hi in _peg_pads(time_pad)[1:4]] + [(0, 0)]
+  dx = _looped_depthwise_conv3(jnp.pad(g, back_pads), kernel[::-1, ::-1, ::-1])
+  return dx, _looped_tap_sums(jnp.pad(x, _peg_pads(time_pad)), g)
+
+
+padded_depthwise_conv3.defvjp(_padded_depthwise_conv3_fwd, _padded_depthwise_conv3_bwd)
 
 
 class PEG(nn.Module):
@@ -185,8 +250,8 @@ class PEG(nn.Module):
                         (3, 3, 3, c))
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)), (c,))
     time_pad = (2, 0) if self.causal else (1, 1)
-    x = jnp.pad(x.astype(self.dtype), [(0, 0), time_pad, (1, 1), (1, 1), (0, 0)])
-    return depthwise_conv3(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    y = padded_depthwise_conv3(x.astype(self.dtype), kernel.astype(self.dtype), time_pad)
+    return y + bias.astype(self.dtype)
 
 
 class ContinuousPositionBias(nn.Module):
@@ -202,11 +267,30 @@ class ContinuousPositionBias(nn.Module):
 
   @nn.compact
   def __call__(self, *shape: int):
-    h = jnp.asarray(position.relative_log_positions(shape))
+    # The MLP runs once per distinct offset (prod(2s - 1) of them, e.g. 2025 for MaskGIT-S's 5 x 8 x 8 grid)
+    # and the (N, N) pairs gather their offset's row: the values of running it on every pair (102400).
+    features, index = relative_offset_table(shape)
+    h = jnp.asarray(features)
     for i in range(self.layers):
       h = nn.leaky_relu(attention.dense(self.dim, (None, None), name=f"net_{i}", use_bias=True)(h), 0.1)
     h = attention.dense(self.heads, (None, None), name=f"net_{self.layers}", use_bias=True)(h)
-    return jnp.transpose(h, (2, 0, 1))
+    return jnp.take(jnp.transpose(h), jnp.asarray(index), axis=1)
+
+
+@functools.lru_cache(maxsize=32)
+def relative_offset_table(shape: tuple) -> tuple:
+  """(features (U, len(shape)) float32, index (N, N) int32) for the N positions of a row-major grid `shape`.
+
+  The U = prod(2s - 1) distinct offsets d = p_i - p_j, each as sign(d) * log(|d| + 1) per axis (the values
+  of `position.relative_log_positions`), and for every pair (i, j) the row of its offset."""
+  shape = tuple(int(s) for s in shape)
+  offsets = np.stack(np.meshgrid(*[np.arange(1 - s, s) for s in shape], indexing="ij"), -1)
+  offsets = offsets.reshape(-1, len(shape)).astype(np.float32)
+  features = np.sign(offsets) * np.log(np.abs(offsets) + 1.0)
+  pos = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, len(shape))
+  diff = pos[:, None, :] - pos[None, :, :] + (np.asarray(shape) - 1)
+  index = np.ravel_multi_index(tuple(np.moveaxis(diff, -1, 0)), [2 * s - 1 for s in shape])
+  return features, index.astype(np.int32)
 
 
 class Transformer(nn.Module):

@@ -87,7 +87,7 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, patches):
     x = layer_norm("norm_in", dtype=self.dtype)(patches)
-    x = attention.dense(self.dim, (None, "embed"), name="proj", use_bias=True, dtype=self.dtype)(x)
+    x = attention.dense(self.dim, (None, "embed"), name="proj", use_bias=True, dtype=self.dtype, flat=True)(x)
     return layer_norm("norm_out", dtype=self.dtype)(x)
 
 
@@ -135,7 +135,8 @@ class CViViT(nn.Module):
       self.vq = quantizers.VQ(self.codebook_size, d, **kw)
     else:
       raise ValueError(f"quantizer {self.quantizer!r} unknown; choose lfq, fsq or vq")
-    dense = lambda f, name: attention.dense(f, ("embed", None), name=name, use_bias=True, dtype=self.dtype)
+    dense = lambda f, name: attention.dense(f, ("embed", None), name=name, use_bias=True, dtype=self.dtype,
+                                            flat=True)
     self.to_pixels_first_frame = dense(c * ph * pw, "to_pixels_first_frame")
     self.to_pixels = dense(c * pt * ph * pw, "to_pixels")
 

@@ -34,6 +34,7 @@ class _Trunk(nn.Module):
   cross_attention: bool
   position_bias: bool
   gradient_shrink_alpha: float = 0.1
+  reference_compat: bool = False
 
   @nn.compact
   def __call__(self, tokens, text=None, text_mask=None, null=None, video_shape=None):
@@ -58,7 +59,8 @@ class _Trunk(nn.Module):
       if null is not None:
         context_mask = context_mask & ~null[:, None]
     return Transformer(self.depth, heads=self.heads, dim_head=self.dim_head, peg=True, peg_causal=False,
-                       cross_attention=self.cross_attention, num_null_kv=2, name="transformer")(
+                       cross_attention=self.cross_attention, num_null_kv=2,
+                       reference_compat=self.reference_compat, name="transformer")(
         x, bias=bias, context=text, context_mask=context_mask, to_video=to_video, from_video=from_video)
 
 
@@ -71,6 +73,7 @@ class MaskGit(nn.Module):
   dim_head: int = 64
   unconditional: bool = False
   gradient_shrink_alpha: float = 0.1
+  reference_compat: bool = False   # phenaki-pytorch: self-attention k/v from the un-normed input; logit bias
 
   @property
   def mask_id(self) -> int:
@@ -80,9 +83,10 @@ class MaskGit(nn.Module):
   def __call__(self, tokens, text=None, text_mask=None, null=None, *, video_shape):
     x = _Trunk(self.num_tokens, self.dim, self.depth, self.max_seq_len, self.heads, self.dim_head,
                cross_attention=not self.unconditional, position_bias=True,
-               gradient_shrink_alpha=self.gradient_shrink_alpha, name="trunk")(
-        tokens, text, text_mask, null, video_shape)
-    return attention.dense(self.num_tokens, ("embed", "vocab"), name="to_logits")(x)
+               gradient_shrink_alpha=self.gradient_shrink_alpha, reference_compat=self.reference_compat,
+               name="trunk")(tokens, text, text_mask, null, video_shape)
+    return attention.dense(self.num_tokens, ("embed", "vocab"), name="to_logits", use_bias=self.reference_compat,
+                           flat=True)(x)
 
 
 class TokenCritic(nn.Module):
@@ -93,10 +97,12 @@ class TokenCritic(nn.Module):
   heads: int = 8
   dim_head: int = 64
   cross_attention: bool = True
+  reference_compat: bool = False   # phenaki-pytorch: self-attention k/v from the un-normed input
 
   @nn.compact
   def __call__(self, tokens, text=None, text_mask=None, null=None, *, video_shape):
     x = _Trunk(self.num_tokens, self.dim, self.depth, self.max_seq_len, self.heads, self.dim_head,
-               cross_attention=self.cross_attention, position_bias=False, name="trunk")(
+               cross_attention=self.cross_attention, position_bias=False,
+               reference_compat=self.reference_compat, name="trunk")(
         tokens, text, text_mask, null, video_shape)
-    return attention.dense(1, ("embed", None), name="to_logits", use_bias=True)(x)[..., 0]
+    return attention.dense(1, ("embed", None), name="to_logits", use_bias=True, flat=True)(x)[..., 0]

@@ -44,7 +44,8 @@ def build_model(config) -> CViViT:
   return CViViT(dim=m.dim, image_size=config.data.image_size, patch_size=m.patch_size,
                 temporal_patch_size=m.temporal_patch_size, spatial_depth=m.spatial_depth,
                 temporal_depth=m.temporal_depth, heads=m.heads, dim_head=m.dim_head, quantizer=m.quantizer,
-                codebook_size=m.codebook_size, fsq_levels=tuple(m.fsq_levels))
+                codebook_size=m.codebook_size, fsq_levels=tuple(m.fsq_levels),
+                reference_compat=bool(m.get("reference_compat", False)))
 
 
 def validate(config, num_devices: int, num_processes: int = 1):

@@ -68,9 +68,11 @@ def build_components(config, text_encoder) -> dict:
   vocab = int(tokenizer.codebook_size if tokenizer.quantizer != "fsq" else
               functools.reduce(lambda a, b: a * b, tokenizer.fsq_levels))
   seq = grid[0] * grid[1] * grid[2]
-  maskgit = MaskGit(num_tokens=vocab, dim=m.dim, depth=m.depth, max_seq_len=seq, heads=m.heads, dim_head=m.dim_head)
+  compat = bool(m.get("reference_compat", False))   # converted phenaki-pytorch weights (vidgen convert)
+  maskgit = MaskGit(num_tokens=vocab, dim=m.dim, depth=m.depth, max_seq_len=seq, heads=m.heads, dim_head=m.dim_head,
+                    reference_compat=compat)
   critic = TokenCritic(num_tokens=vocab, dim=m.dim, depth=m.critic_depth, max_seq_len=seq, heads=m.heads,
-                       dim_head=m.dim_head) if m.critic else None
+                       dim_head=m.dim_head, reference_compat=compat) if m.critic else None
   tx_train, lr_fn = state_lib.make_optimizer(config.optim, config.train.num_steps)
   labels = lambda params: {k: jax.tree.map(lambda _: "frozen" if k == "tokenizer" else "train", v)
                            for k, v in params.items()}

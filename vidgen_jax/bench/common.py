@@ -1,0 +1,93 @@
+"""Plumbing shared by the benchmarks of DESIGN.md (vdm-s, cvivit-s, maskgit-s): configs, JSON records, and the
+PyTorch reference timed in a subprocess (its own interpreter: `--torch-python`)."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+
+from vidgen_jax import configs
+from vidgen_jax.bench import timing
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def configs_dir(probe: str = "vdm_shapes.py") -> str:
+  """The repository's configs/ folder (beside the package, or under the working directory)."""
+  for candidate in (os.path.join(BENCH_DIR, "..", "..", "configs"), os.path.join(os.getcwd(), "configs")):
+    if os.path.exists(os.path.join(candidate, probe)):
+      return os.path.normpath(candidate)
+  raise FileNotFoundError(f"configs/{probe} not found (run from the repository root)")
+
+
+def load_config(spec: str):
+  """'file.py:args' of configs/ (e.g. 'cvivit_shapes.py:variant=S') as a ConfigDict."""
+  return configs.load_config_file(os.path.join(configs_dir(spec.partition(":")[0]), spec))
+
+
+def single_device(config):
+  """One device, nothing sharded: the benchmarks time one CPU (or one accelerator)."""
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
+  return config
+
+
+def time_train_step(run, state, batch, *, reps: int, warmup: int = 2):
+  """Times `run.jit_train_step()`, the step training runs (state donated), on a batch already on its devices.
+
+  Returns (median seconds, FLOPs of one step from the compiled cost analysis or None, the state after)."""
+  batch = jax.device_put(batch, {k: run.batch_shardings()[k] for k in batch})
+  step, flops = timing.compile_counting_flops(run.jit_train_step(), state, batch)
+  holder = {"state": state}
+
+  def once():
+    holder["state"], metrics = step(holder["state"], batch)
+    return metrics
+  seconds, _ = timing.median_seconds(once, warmup=warmup, reps=reps)
+  return seconds, flops, holder["state"]
+
+
+def record(name, seconds, flops, **extra) -> dict:
+  rec = {"name": name, "median_s": round(seconds, 5), "flops": flops,
+         "flops_per_s": None if flops is None else flops / seconds}
+  rec.update(extra)
+  return rec
+
+
+def run_reference(script: str, args, python=None, timeout=1800):
+  """Runs `python script args...` (default: this interpreter) and returns (the JSON object of its last stdout
+  line, None), or (None, why it could not run)."""
+  python = python or sys.executable
+  cmd = [python, os.path.join(BENCH_DIR, script)] + [str(a) for a in args]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+  except (OSError, subprocess.TimeoutExpired) as e:
+    return None, f"reference not run: {e}"
+  if proc.returncode != 0:
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return None, f"reference unavailable ({python}): {last}"
+  try:
+    return json.loads(proc.stdout.strip().splitlines()[-1]), None
+  except (IndexError, ValueError):
+    return None, f"reference unavailable ({python}): no JSON result on stdout"
+
+
+def attach(records, peak, reference=None, why="reference skipped", label="", unmatched=()):
+  """Adds the machine's matmul peak (and the fraction of it achieved) and the backend to every record and,
+  per record kind (the part of the name after '/'), the reference's median seconds and our speed-up over
+  it, or why there is none. Kinds listed in `unmatched` have no reference counterpart and get neither."""
+  for rec in records:
+    rec["peak_matmul_flops_per_s"] = peak
+    if rec.get("flops_per_s") and peak:
+      rec["fraction_of_peak"] = round(rec["flops_per_s"] / peak, 4)
+    rec["backend"] = jax.default_backend()
+    kind = rec["name"].split("/", 1)[1]
+    if kind in unmatched:
+      continue
+    if reference and kind in reference:
+      rec["reference_median_s"] = round(reference[kind], 5)
+      rec["speedup_vs_reference"] = round(reference[kind] / rec["median_s"], 3)
+      rec["reference"] = label
+    else:
+      rec["reference"] = why
+  return records

@@ -1,0 +1,1085 @@
+"""Import phenaki-pytorch 0.5.0 (lucidrains) checkpoints: C-ViViT, MaskGit and TokenCritic into our Flax modules.
+
+Three levels, each usable alone:
+
+* `read_checkpoint(path_or_dict, which="ema")` -> `PhenakiCheckpoint`: a `.safetensors` file (no torch) or a
+  `.pt`/`.pth`/`.bin`/`.ckpt` file (torch.load(weights_only=True); needs the `[torch]` extra) holding
+    - a bare `CViViT`, `MaskGit`, `TokenCritic` (or `SelfCritic`) state dict,
+    - a `Phenaki` state dict (prefixes `cvivit.`, `maskgit.`, `critic.`; with `self_token_critic=True` the
+      critic is `critic.to_pred.*` plus `critic.maskgit.*`, a second copy of the shared MaskGit, checked
+      equal and dropped),
+    - the PhenakiTrainer checkpoint {'step', 'model', 'opt', 'scaler'} (its 'model', a Phenaki state dict),
+    - an ema-pytorch wrapper state dict as CViViTTrainer saves it (`vae.N.ema.pt`: `ema_model.*` and
+      `online_model.*`; `which` picks 'ema' (default) or 'model').
+  `discr.*` (the GAN discriminator, training only) and `vgg.*` are dropped with a reason.
+* `cvivit_from_torch(state_dict, **reference_kwargs)`, `maskgit_from_torch(...)`, `critic_from_torch(...)`
+  -> (our Flax module, its variables), built from the reference constructor's arguments (the shapes fill in
+  what they can: `infer_*_kwargs`) with `reference_compat=True`, which reproduces the reference's
+  non-causal temporal PEG reshape (its checkpoints were trained with the leak; research/anchors_pytorch.md
+  2.10-a) and self-attention keys/values from the un-normalised input.
+* `convert_to_workdir(checkpoint, workdir, image_size=..., num_frames=...)`: a C-ViViT checkpoint becomes a
+  family 'cvivit' workdir (`vidgen eval --workdir DIR`: reconstructions); a Phenaki checkpoint a family
+  'phenaki' workdir (`vidgen sample`; `vidgen eval` with clips of at least 8 frames) whose frozen tokenizer is
+  the converted C-ViViT, written as its own cvivit workdir in DIR/tokenizer. The CLI is
+  `vidgen convert --from phenaki-pytorch`.
+
+Strictness: every torch key is either mapped onto a parameter (or VQ statistic) of the right shape or
+dropped for a stated reason (`ignored`: zero `beta` buffers of the bias-less LayerNorms (checked zero), the
+empty self-attention `null_kv` (heads, 0, dim_head) (checked against heads/dim_head), self-attention's
+never-used `context_norm.gamma`, LFQ's `vq.mask` bit weights (checked), the VQ `initted` flag,
+`discr.*`/`vgg.*`); every Flax parameter must be filled. Otherwise a `ConversionError` names every unknown,
+unexpected, mismatched and missing key. The EMA-VQ's codebook buffers `vq._codebook.{embed, embed_avg,
+cluster_size}` (1, K, ...) go to the 'quantizer_stats' collection (their first row; `unused_steps`, which the
+reference does not track, starts at zero).
+
+Layouts (the reference runs channels-first):
+  C-ViViT  reference video (B, C, T, H, W) or image (B, C, H, W) in [0, 1]; ours (B, T, H, W, C) or
+           (B, H, W, C) (`video_from_torch_layout` / `video_to_torch_layout` move the channel axis).
+           Codebook ids (B, S, h, w) in both. T = 1 + k * temporal_patch_size.
+  MaskGit  tokens (B, N) int in [0, num_tokens] (num_tokens = mask id) of a (t, h, w) token grid, row-major,
+           in both; the reference's `video_patch_shape=(t, h, w)` is our `video_shape=`; the text (B, L, Dc)
+           and its mask (B, L) are positional; the reference's cond_drop_prob=1 (every text token masked)
+           is our `null=` (B,) True. Logits (B, N, num_tokens).
+  Critic   as MaskGit, logits (B, N).
+
+Parameter map (Linear weights transpose to kernels; torch LayerNorm weight -> scale; the transformer blocks
+as documented in layers/transformer.py, under each module's name):
+  CViViT   spatial_rel_pos_bias.net.{0.0,1.0,2} -> spatial_rel_pos_bias/net_{0,1,2};
+           to_patch_emb[_first_frame].{1,2,3} -> .../{norm_in, proj, norm_out};
+           {enc,dec}_{spatial,temporal}_transformer.* -> same name; vq.project_{in,out} -> vq/project_{in,out};
+           to_pixels[_first_frame].0 -> to_pixels[_first_frame]; vq._codebook.* -> quantizer_stats/vq/*
+  MaskGit  token_emb, pos_emb -> trunk/{token_emb, pos_emb}/embedding; continuous_pos_bias.net.* ->
+           trunk/continuous_pos_bias/net_*; transformer.* -> trunk/transformer/*; to_logits -> to_logits
+  Critic   the same trunk without continuous_pos_bias; to_logits.0 -> to_logits
+
+Text: the reference encodes prompts with T5 v1.1 base (d_model 768), pad positions zeroed, the mask inferred
+from non-zero embeddings. A phenaki workdir pairs the MaskGit's context width with one of our encoders
+(384: minilm; 768: t5, which needs the model directory (--text-path), or bert if asked for); the text mask
+comes from our tokenizer, so the same prompt gives the reference's logits only with the same encoder weights.
+"""
+import dataclasses
+import logging
+import math
+import os
+import pathlib
+import re
+from typing import Mapping
+
+import numpy as np
+
+from vidgen_jax.convert import vdm_torch
+
+log = logging.getLogger("vidgen.convert")
+
+REFERENCE = "phenaki-pytorch"
+T5_BASE_DIM = 768            # google/t5-v1_1-base, Phenaki's default t5_name
+MINILM_DIM = 384
+# Phenaki.sample defaults: steps (the Phenaki constructor's), cond_scale, starting_temperature.
+REFERENCE_SAMPLING = dict(steps=18, cond_scale=3.0, temperature=0.9)
+TEXT_MAX_LENGTH = 256        # phenaki_pytorch.t5.MAX_LENGTH (T5 truncation)
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_PARTS = ("cvivit", "maskgit", "critic")
+
+REQUIRED = "<required>"
+# Constructor arguments of the reference and their defaults.
+CVIVIT_ARGS = dict(
+    dim=REQUIRED, codebook_size=REQUIRED, image_size=REQUIRED, patch_size=REQUIRED, temporal_patch_size=REQUIRED,
+    spatial_depth=REQUIRED, temporal_depth=REQUIRED, discr_base_dim=16, dim_head=64, heads=8, channels=3,
+    use_vgg_and_gan=True, vgg=None, discr_attn_res_layers=(16,), use_hinge_loss=True, attn_dropout=0.0,
+    ff_dropout=0.0, lookup_free_quantization=True, lookup_free_quantization_kwargs=None)
+# MaskGit's / TokenCritic's own arguments plus those of their Transformer (**kwargs).
+MASKGIT_ARGS = dict(
+    dim=REQUIRED, num_tokens=REQUIRED, max_seq_len=REQUIRED, depth=REQUIRED, gradient_shrink_alpha=0.1, heads=8,
+    dim_head=64, unconditional=False, attn_dropout=0.0, ff_dropout=0.0, dim_context=None, ff_mult=4, causal=False,
+    peg_causal=False)
+CRITIC_ARGS = dict(
+    dim=REQUIRED, num_tokens=REQUIRED, max_seq_len=REQUIRED, depth=REQUIRED, has_cross_attn=False, heads=8,
+    dim_head=64, attn_dropout=0.0, ff_dropout=0.0, dim_context=None, ff_mult=4, causal=False, peg_causal=False,
+    attn_num_null_kv=2)
+# Accepted and ignored (nothing in the forward pass): the GAN/VGG arguments, MaskGit's dropouts and
+# gradient_shrink_alpha (passed on to our MaskGit, which has no dropout).
+# vector_quantize_pytorch.LFQ arguments we honour (training-only loss weights) -> our LFQ's field names.
+_LFQ_KWARGS = dict(entropy_loss_weight="entropy_weight", commitment_loss_weight="commitment_weight",
+                   diversity_gamma="diversity_gamma")
+
+
+class ConversionError(ValueError):
+  """A state dict that does not fit the module; lists every offending key, grouped by kind of problem."""
+
+  def __init__(self, message, *, unknown=(), unexpected=(), mismatched=(), missing=()):
+    self.unknown, self.unexpected = list(unknown), list(unexpected)
+    self.mismatched, self.missing = list(mismatched), list(missing)
+    parts = [message]
+    for title, items in (("unknown torch keys (no Flax counterpart)", self.unknown),
+                         ("torch keys this module has no parameter for", self.unexpected),
+                         ("shape or value mismatches", self.mismatched),
+                         ("module parameters missing from the state dict", self.missing)):
+      if items:
+        parts.append(f"{title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in items))
+    super().__init__("\n  ".join(parts))
+
+
+def supports_reference_compat(cls) -> bool:
+  """Whether our Flax module class has the `reference_compat` option this import needs."""
+  return "reference_compat" in {f.name for f in dataclasses.fields(cls)}
+
+
+def _compat(cls):
+  if not supports_reference_compat(cls):
+    raise NotImplementedError(
+        f"vidgen_jax.models {cls.__name__} has no reference_compat option: phenaki-pytorch's attention takes "
+        "self-attention keys/values from the un-normalised input (and MaskGit's to_logits has a bias), so its "
+        "weights cannot reproduce the reference without it")
+  return {"reference_compat": True}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading checkpoints
+
+@dataclasses.dataclass
+class PhenakiCheckpoint:
+  """A reference checkpoint split into its modules' state dicts (None where absent)."""
+  cvivit: dict | None
+  maskgit: dict | None
+  critic: dict | None          # a TokenCritic's keys
+  self_critic: dict | None     # a SelfCritic's own keys (to_pred.0.weight/bias); its MaskGit is `maskgit`
+  kind: str                    # 'cvivit' | 'maskgit' | 'critic' | 'self_critic' | 'phenaki'
+  source: str                  # 'state_dict' | 'phenaki_trainer' | 'ema:ema' | 'ema:model'
+  step: int | None
+  ignored: dict                # {torch key: why it was dropped} at this level (discr.*, vgg.*, copies)
+
+
+def _load_file(path):
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"checkpoint {path} not found")
+  if path.suffix == ".safetensors":
+    from safetensors.numpy import load_file
+    return load_file(str(path))
+  if path.suffix in _TORCH_SUFFIXES:
+    return vdm_torch._torch_load(path)
+  raise ValueError(f"{path}: unsupported extension {path.suffix!r}; expected .safetensors or "
+                   f"{', '.join(_TORCH_SUFFIXES)}")
+
+
+def _unwrap(obj, which):
+  """(flat state dict, source, step) from a state dict, a PhenakiTrainer checkpoint or an EMA wrapper."""
+  if isinstance(obj.get("model"), Mapping):                      # PhenakiTrainer {'step', 'model', 'opt', ..}
+    step = obj.get("step")
+    return obj["model"], "phenaki_trainer", None if step is None else int(np.asarray(step))
+  if any(k.startswith(("ema_model.", "online_model.")) for k in obj):   # ema-pytorch EMA(model).state_dict()
+    prefix = {"ema": "ema_model.", "model": "online_model."}[which]
+    inner = {k.removeprefix(prefix): v for k, v in obj.items() if k.startswith(prefix)}
+    if not inner:
+      raise ValueError(f"EMA checkpoint has no {prefix}* weights")
+    step = obj.get("step")
+    return inner, f"ema:{which}", None if step is None else int(np.asarray(step))
+  return obj, "state_dict", None
+
+
+def _bare_kind(sd):
+  if "to_patch_emb_first_frame.2.weight" in sd:
+    return "cvivit"
+  if "to_pred.0.weight" in sd:
+    return "self_critic"
+  if "to_logits.0.weight" in sd:
+    return "critic"
+  if "token_emb.weight" in sd and "to_logits.weight" in sd:
+    return "maskgit"
+  raise ValueError(f"not a {REFERENCE} CViViT / MaskGit / TokenCritic / Phenaki state dict (first keys: "
+                   f"{', '.join(list(sd)[:5])})")
+
+
+def _split(sd, ignored):
+  """{'cvivit': .., 'maskgit': .., 'critic': .., 'self_critic': ..} of a Phenaki or bare state dict."""
+  sd = dict(sd)
+  for k in list(sd):
+    reason = _dropped_prefix(k.split(".", 1)[1] if k.startswith("cvivit.") else k)
+    if reason:
+      ignored[k] = reason
+      del sd[k]
+  if any(k.startswith(tuple(p + "." for p in _PARTS)) for k in sd):
+    stray = sorted(k for k in sd if not k.startswith(tuple(p + "." for p in _PARTS)))
+    if stray:
+      raise ConversionError("a Phenaki state dict with keys outside cvivit./maskgit./critic.", unknown=stray)
+    parts = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")} or None for p in _PARTS}
+    parts["self_critic"] = None
+    if parts["critic"] and "to_pred.0.weight" in parts["critic"]:
+      parts["self_critic"] = _self_critic(parts["critic"], parts["maskgit"], "critic.", ignored)
+      parts["critic"] = None
+    return parts, "phenaki"
+  kind = _bare_kind(sd)
+  parts = dict.fromkeys(_PARTS + ("self_critic",))
+  if kind == "self_critic":
+    parts["maskgit"] = {k.removeprefix("maskgit."): v for k, v in sd.items() if k.startswith("maskgit.")}
+    parts["self_critic"] = _self_critic(sd, None, "", ignored)
+  else:
+    parts[kind] = sd
+  return parts, kind
+
+
+def _self_critic(critic, maskgit, prefix, ignored):
+  """SelfCritic keys: to_pred.* kept; maskgit.* (the shared MaskGit saved again) checked equal and dropped."""
+  own = {k: v for k, v in critic.items() if not k.startswith("maskgit.")}
+  if maskgit is not None:
+    copy = {k.removeprefix("maskgit."): v for k, v in critic.items() if k.startswith("maskgit.")}
+    differ = sorted(f"{prefix}maskgit.{k}" for k in set(copy) | set(maskgit)
+                    if k not in copy or k not in maskgit or not np.array_equal(copy[k], maskgit[k]))
+    if differ:
+      raise ConversionError("the SelfCritic's MaskGit differs from the Phenaki's (they are one shared module "
+                            "in the reference)", mismatched=differ)
+    for k in copy:
+      ignored[f"{prefix}maskgit.{k}"] = "the SelfCritic's copy of the shared MaskGit (equal to maskgit.*)"
+  unknown = sorted(f"{prefix}{k}" for k in own if k not in ("to_pred.0.weight", "to_pred.0.bias"))
+  if unknown:
+    raise ConversionError("unexpected SelfCritic keys", unknown=unknown)
+  return own
+
+
+def _dropped_prefix(key):
+  if key.startswith("discr."):
+    return "the GAN discriminator (training only; not converted)"
+  if key.startswith("vgg."):
+    return "the VGG16 of the perceptual loss (training only; not converted)"
+  return None
+
+
+def read_checkpoint(checkpoint, which: str = "ema") -> PhenakiCheckpoint:
+  """Reads a reference checkpoint file (or an already loaded dict) into a `PhenakiCheckpoint`."""
+  if which not in ("ema", "model"):
+    raise ValueError(f"which={which!r}: choose 'ema' or 'model'")
+  obj = _load_file(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+  if isinstance(obj, PhenakiCheckpoint):
+    return obj
+  if not isinstance(obj, Mapping):
+    raise ValueError(f"expected a state dict or a trainer checkpoint dict, got {type(obj).__name__}")
+  sd, source, step = _unwrap(obj, which)
+  sd = {k: vdm_torch._to_numpy(v, k) for k, v in sd.items()}
+  ignored = {}
+  parts, kind = _split(sd, ignored)
+  return PhenakiCheckpoint(**parts, kind=kind, source=source, step=step, ignored=ignored)
+
+
+def load_state_dict(path, which: str = "ema") -> dict:
+  """The flat reference state dict in `path` as {torch key: numpy array} (float tensors as float32), trainer
+  and EMA wrappers removed (see `read_checkpoint`)."""
+  obj = _load_file(path)
+  sd, _, _ = _unwrap(obj, which)
+  return {k: vdm_torch._to_numpy(v, k) for k, v in sd.items()}
+
+
+def _part(state_dict, name):
+  """The `name` module's state dict out of a path, a bare state dict or a Phenaki one."""
+  ckpt = read_checkpoint(state_dict)
+  sd = getattr(ckpt, name)
+  if sd is None:
+    raise ValueError(f"the checkpoint ({ckpt.kind}) holds no {name}")
+  return sd
+
+
+def video_from_torch_layout(x):
+  """(B, C, T, H, W) -> (B, T, H, W, C); also (B, C, H, W) -> (B, H, W, C)."""
+  return np.moveaxis(np.asarray(x), 1, -1)
+
+
+def video_to_torch_layout(x):
+  """(B, T, H, W, C) -> (B, C, T, H, W); also (B, H, W, C) -> (B, C, H, W)."""
+  return np.moveaxis(np.asarray(x), -1, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Key rules: torch key -> ('param', flax path, transform) | ('ignore', reason, check) | None (unknown)
+
+def _linear(v):
+  if v.ndim != 2:
+    raise ValueError(f"a Linear weight is 2-D, got {v.ndim}-D")
+  return v.T
+
+
+def _copy(v):
+  return v
+
+
+def _peg(v):
+  if v.ndim != 5 or v.shape[1] != 1:
+    raise ValueError("a depthwise Conv3d weight is (C, 1, kt, kh, kw)")
+  return v[:, 0].transpose(1, 2, 3, 0)
+
+
+def _null_kv(v):
+  h, n2, d = v.shape
+  if n2 % 2:
+    raise ValueError("null_kv (heads, 2 * num_null_kv, dim_head) has an odd middle axis")
+  return v.reshape(h, n2 // 2, 2, d).transpose(2, 1, 0, 3)
+
+
+def _first_row(v):
+  if v.shape[:1] != (1,):
+    raise ValueError("one codebook expected (leading axis 1)")
+  return v[0]
+
+
+def _zero(key, v):
+  return None if not np.any(v) else f"{key}: the bias-less LayerNorm's beta buffer is not zero"
+
+
+def _param(path, fn=_copy):
+  return ("param", ("params",) + tuple(path.split("/")), fn)
+
+
+def _kernel_or_bias(prefix, which):
+  return _param(f"{prefix}/kernel", _linear) if which == "weight" else _param(f"{prefix}/bias")
+
+
+def _transformer_rule(rest, name, heads, dim_head):
+  """Rules of phenaki_pytorch.attention.Transformer keys (`rest` after '<name>.')."""
+  if rest == "norm_out.gamma":
+    return _param(f"{name}/norm_out/gamma")
+  if rest == "norm_out.beta":
+    return ("ignore", "zero beta buffer of a bias-less LayerNorm", _zero)
+  m = re.fullmatch(r"layers\.(\d+)\.(\d)\.(.+)", rest)
+  if not m:
+    return None
+  i, j, tail = m[1], m[2], m[3]
+  layer = f"{name}/layer_{i}"
+  if j == "0":
+    return {"dsconv.weight": _param(f"{layer}_peg/kernel", _peg),
+            "dsconv.bias": _param(f"{layer}_peg/bias")}.get(tail)
+  if j == "3":
+    return {"0.weight": _param(f"{layer}_ff/norm/scale"), "0.bias": _param(f"{layer}_ff/norm/bias"),
+            "1.weight": _param(f"{layer}_ff/proj_in/kernel", _linear),
+            "4.weight": _param(f"{layer}_ff/proj_out/kernel", _linear)}.get(tail)
+  if j not in "12":
+    return None
+  attn = f"{layer}_attn" if j == "1" else f"{layer}_cross_attn"
+  if tail.endswith(".beta"):
+    return ("ignore", "zero beta buffer of a bias-less LayerNorm", _zero)
+  if j == "1" and tail == "context_norm.gamma":
+    return ("ignore", "self-attention's context LayerNorm (never used: no context)", None)
+  if j == "1" and tail == "null_kv":
+    def empty(key, v, expected=(heads, 0, dim_head)):
+      return None if v.shape == expected else (f"{key} {v.shape}: self-attention has no null key/values; "
+                                               f"expected the empty {expected} of heads={heads}, dim_head={dim_head}")
+    return ("ignore", "self-attention's empty null key/values (heads, 0, dim_head)", empty)
+  if tail == "null_kv":
+    return _param(f"{attn}/null_kv", _null_kv)
+  if tail in ("q_scale", "k_scale"):
+    return _param(f"{attn}/{tail}")
+  if tail in ("norm.gamma", "context_norm.gamma"):
+    return _param(f"{attn}/{tail.split('.')[0]}/gamma")
+  if tail in ("to_q.weight", "to_kv.weight", "to_out.weight"):
+    return _param(f"{attn}/{tail.split('.')[0]}/kernel", _linear)
+  return None
+
+
+def _position_bias_rule(rest, name, layers=2):
+  m = re.fullmatch(r"net\.(\d+)(\.0)?\.(weight|bias)", rest)
+  if not m or (m[2] is None) != (int(m[1]) == layers):
+    return None
+  return _kernel_or_bias(f"{name}/net_{m[1]}", m[3])
+
+
+def _cvivit_rule(key, kw):
+  heads, dim_head = kw["heads"], kw["dim_head"]
+  head, _, rest = key.partition(".")
+  if head == "spatial_rel_pos_bias":
+    return _position_bias_rule(rest, head)
+  if head in ("to_patch_emb_first_frame", "to_patch_emb"):
+    m = re.fullmatch(r"([123])\.(weight|bias)", rest)
+    if not m:
+      return None
+    if m[1] == "2":
+      return _kernel_or_bias(f"{head}/proj", m[2])
+    sub = "norm_in" if m[1] == "1" else "norm_out"
+    return _param(f"{head}/{sub}/" + ("scale" if m[2] == "weight" else "bias"))
+  if head in ("enc_spatial_transformer", "enc_temporal_transformer", "dec_spatial_transformer",
+              "dec_temporal_transformer"):
+    return _transformer_rule(rest, head, heads, dim_head)
+  if head in ("to_pixels_first_frame", "to_pixels"):
+    m = re.fullmatch(r"0\.(weight|bias)", rest)
+    return _kernel_or_bias(head, m[1]) if m else None
+  if head == "vq":
+    m = re.fullmatch(r"(project_in|project_out)\.(weight|bias)", rest)
+    if m:
+      return _kernel_or_bias(f"vq/{m[1]}", m[2])
+    if rest == "mask":
+      bits = int(math.log2(kw["codebook_size"])) if kw["lookup_free_quantization"] else 0
+
+      def bit_weights(key, v):
+        expected = 2 ** np.arange(bits - 1, -1, -1)
+        return None if np.array_equal(np.asarray(v), expected) else (
+            f"{key} {tuple(v.shape)}: LFQ bit weights of codebook_size={kw['codebook_size']} are "
+            f"2^{bits - 1} .. 1")
+      return ("ignore", "LFQ's bit weights (recomputed from codebook_size)", bit_weights)
+    m = re.fullmatch(r"_codebook\.(embed|embed_avg|cluster_size)", rest)
+    if m:
+      return ("param", ("quantizer_stats", "vq", m[1]), _first_row)
+    if rest == "_codebook.initted":
+      return ("ignore", "the codebook's k-means initialisation flag", None)
+  return None
+
+
+def _trunk_rule(key, kw, position_bias):
+  heads, dim_head = kw["heads"], kw["dim_head"]
+  head, _, rest = key.partition(".")
+  if head in ("token_emb", "pos_emb") and rest == "weight":
+    return _param(f"trunk/{head}/embedding")
+  if head == "continuous_pos_bias" and position_bias:
+    return _position_bias_rule(rest, "trunk/continuous_pos_bias")
+  if head == "transformer":
+    return _transformer_rule(rest, "trunk/transformer", heads, dim_head)
+  return None
+
+
+def _maskgit_rule(key, kw):
+  if key in ("to_logits.weight", "to_logits.bias"):
+    return _kernel_or_bias("to_logits", key.split(".")[1])
+  return _trunk_rule(key, kw, position_bias=True)
+
+
+def _critic_rule(key, kw):
+  if key in ("to_logits.0.weight", "to_logits.0.bias"):
+    return _kernel_or_bias("to_logits", key.split(".")[2])
+  return _trunk_rule(key, kw, position_bias=False)
+
+
+# Variables the reference has no counterpart for, and their value.
+_DEFAULTED = {("quantizer_stats", "vq", "unused_steps"): lambda shape, dtype: np.zeros(shape, dtype)}
+
+
+def variables_from_torch(state_dict, rule, kw, target, description):
+  """Maps a reference state dict onto `target` (flat {path: ShapeDtypeStruct} of the module's variables).
+
+  Returns (variables {collection: nested numpy dicts}, ignored {torch key: reason}); raises
+  `ConversionError` naming unknown keys, keys without a target, shape/value mismatches and unfilled targets.
+  """
+  from flax import traverse_util
+  filled, claimed, ignored = {}, set(), {}
+  unknown, unexpected, mismatched = [], [], []
+  for key, value in state_dict.items():
+    value = np.asarray(value)
+    r = rule(key, kw)
+    if r is None:
+      unknown.append(key)
+      continue
+    if r[0] == "ignore":
+      problem = r[2](key, value) if r[2] else None
+      if problem:
+        mismatched.append(problem)
+      ignored[key] = r[1]
+      continue
+    _, path, fn = r
+    name = "/".join(path)
+    if path not in target:
+      unexpected.append(f"{key} -> {name}")
+      continue
+    claimed.add(path)
+    try:
+      w = fn(value)
+    except (ValueError, IndexError) as e:
+      mismatched.append(f"{key} {tuple(value.shape)}: {e}")
+      continue
+    if w.shape != tuple(target[path].shape):
+      mismatched.append(f"{key} {tuple(value.shape)} -> {name} {tuple(w.shape)}, but the module has "
+                        f"{tuple(target[path].shape)}")
+      continue
+    if path in filled:
+      mismatched.append(f"{key}: {name} is already filled by another key")
+      continue
+    filled[path] = np.ascontiguousarray(w, dtype=target[path].dtype)
+  for path, make in _DEFAULTED.items():
+    if path in target and path not in claimed:
+      filled[path] = make(target[path].shape, target[path].dtype)
+      claimed.add(path)
+  missing = ["/".join(p) for p in target if p not in claimed]
+  if unknown or unexpected or mismatched or missing:
+    raise ConversionError(f"the {REFERENCE} state dict does not fit {description}", unknown=unknown,
+                          unexpected=unexpected, mismatched=mismatched, missing=missing)
+  return traverse_util.unflatten_dict(filled), ignored
+
+
+def _abstract(module, *args, **kwargs):
+  import flax.linen as nn
+  import jax
+  from flax import traverse_util
+  tree = nn.meta.unbox(jax.eval_shape(lambda k, *a: module.init(k, *a, **kwargs), jax.random.key(0), *args))
+  return traverse_util.flatten_dict(tree)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Constructor arguments
+
+def _layers(sd, prefix):
+  idx = {int(m[1]) for k in sd if (m := re.match(re.escape(prefix) + r"layers\.(\d+)\.", k))}
+  return max(idx) + 1 if idx else 0
+
+
+def _require(sd, key, what):
+  if key not in sd:
+    raise ValueError(f"not a {REFERENCE} {what} state dict: no {key!r} (first keys: {', '.join(list(sd)[:5])})")
+  return np.asarray(sd[key])
+
+
+def _heads_dim_head(sd, prefix, what):
+  """(heads, dim_head) from the self-attention's null_kv (heads, 0, dim_head), present in every layer."""
+  h, _, d = _require(sd, f"{prefix}layers.0.1.null_kv", what).shape
+  return int(h), int(d)
+
+
+def infer_cvivit_kwargs(state_dict) -> dict:
+  """The reference `CViViT(...)` arguments recoverable from a state dict's shapes.
+
+  dim, heads, dim_head, temporal_patch_size, spatial_depth, temporal_depth, lookup_free_quantization and
+  codebook_size are exact. Not recoverable: image_size (the weights fit any size) and patch_size / channels
+  (only channels * patch_height * patch_width is stored, e.g. 48 = 3 * 4 * 4 = 3 * 2 * 8): pass them.
+  """
+  sd = state_dict
+  what = "CViViT"
+  first = _require(sd, "to_patch_emb_first_frame.2.weight", what)
+  rest = _require(sd, "to_patch_emb.2.weight", what)
+  heads, dim_head = _heads_dim_head(sd, "enc_spatial_transformer.", what)
+  kw = dict(dim=int(first.shape[0]), heads=heads, dim_head=dim_head,
+            spatial_depth=_layers(sd, "enc_spatial_transformer."),
+            temporal_depth=_layers(sd, "enc_temporal_transformer."))
+  if first.shape[1] and rest.shape[1] % first.shape[1] == 0:
+    kw["temporal_patch_size"] = int(rest.shape[1] // first.shape[1])
+  if "vq._codebook.embed" in sd:
+    kw.update(lookup_free_quantization=False, codebook_size=int(np.asarray(sd["vq._codebook.embed"]).shape[1]))
+  elif "vq.mask" in sd:
+    kw.update(lookup_free_quantization=True, codebook_size=2 ** int(np.asarray(sd["vq.mask"]).shape[0]))
+  return kw
+
+
+def infer_maskgit_kwargs(state_dict) -> dict:
+  """The reference `MaskGit(...)` arguments (and its Transformer's) from a state dict: all but ff_mult,
+  causal, peg_causal (defaults 4, False, False; ff_mult is checked by the shapes) and the dropouts."""
+  sd, what = state_dict, "MaskGit"
+  emb = _require(sd, "token_emb.weight", what)
+  heads, dim_head = _heads_dim_head(sd, "transformer.", what)
+  kw = dict(dim=int(emb.shape[1]), num_tokens=int(emb.shape[0]) - 1,
+            max_seq_len=int(_require(sd, "pos_emb.weight", what).shape[0]), depth=_layers(sd, "transformer."),
+            heads=heads, dim_head=dim_head, unconditional="transformer.layers.0.2.to_kv.weight" not in sd)
+  if not kw["unconditional"]:
+    kw["dim_context"] = int(np.asarray(sd["transformer.layers.0.2.to_kv.weight"]).shape[1])
+  return kw
+
+
+def infer_critic_kwargs(state_dict) -> dict:
+  """The reference `TokenCritic(...)` arguments from a state dict (as `infer_maskgit_kwargs`)."""
+  sd, what = state_dict, "TokenCritic"
+  emb = _require(sd, "token_emb.weight", what)
+  heads, dim_head = _heads_dim_head(sd, "transformer.", what)
+  kw = dict(dim=int(emb.shape[1]), num_tokens=int(emb.shape[0]) - 1,
+            max_seq_len=int(_require(sd, "pos_emb.weight", what).shape[0]), depth=_layers(sd, "transformer."),
+            heads=heads, dim_head=dim_head, has_cross_attn="transformer.layers.0.2.to_kv.weight" in sd)
+  if kw["has_cross_attn"]:
+    kw["dim_context"] = int(np.asarray(sd["transformer.layers.0.2.to_kv.weight"]).shape[1])
+    kw["attn_num_null_kv"] = int(np.asarray(sd["transformer.layers.0.2.null_kv"]).shape[1]) // 2 \
+        if "transformer.layers.0.2.null_kv" in sd else 2
+  return kw
+
+
+def _resolve(what, args, inferred, given):
+  unknown = sorted(set(given) - set(args))
+  if unknown:
+    raise ValueError(f"{what} argument(s) {', '.join(unknown)} unknown; the reference's are {', '.join(args)}")
+  kw = dict(args)
+  kw.update(inferred)
+  kw.update({k: v for k, v in given.items() if v is not None})
+  missing = [k for k, v in kw.items() if v is REQUIRED]
+  if missing:
+    raise ValueError(f"{what}: {', '.join(missing)} required (not recoverable from the state dict)")
+  return kw
+
+
+def _pair(v):
+  return (int(v), int(v)) if isinstance(v, (int, np.integer)) else tuple(int(x) for x in v)
+
+
+def resolve_cvivit_kwargs(state_dict, reference_kwargs) -> dict:
+  kw = _resolve("CViViT", CVIVIT_ARGS, infer_cvivit_kwargs(state_dict), reference_kwargs)
+  kw["image_size"], kw["patch_size"] = _pair(kw["image_size"]), _pair(kw["patch_size"])
+  lfq = dict(kw["lookup_free_quantization_kwargs"] or {})
+  bad = sorted(set(lfq) - set(_LFQ_KWARGS))
+  if bad:
+    raise ValueError(f"lookup_free_quantization_kwargs {', '.join(bad)}: not supported (our LFQ takes "
+                     f"{', '.join(_LFQ_KWARGS)}: training-only loss weights)")
+  if lfq and not kw["lookup_free_quantization"]:
+    raise ValueError("lookup_free_quantization_kwargs given for a VQ (lookup_free_quantization=False) model")
+  kw["lookup_free_quantization_kwargs"] = lfq
+  return kw
+
+
+def build_cvivit(**kw):
+  """Our CViViT (reference_compat=True) for resolved reference arguments."""
+  from flax.core import FrozenDict
+  from vidgen_jax.models.cvivit import CViViT
+  qkw = {_LFQ_KWARGS[k]: v for k, v in (kw["lookup_free_quantization_kwargs"] or {}).items()}
+  return CViViT(dim=kw["dim"], image_size=_pair(kw["image_size"]), patch_size=_pair(kw["patch_size"]),
+                temporal_patch_size=kw["temporal_patch_size"], spatial_depth=kw["spatial_depth"],
+                temporal_depth=kw["temporal_depth"], heads=kw["heads"], dim_head=kw["dim_head"],
+                channels=kw["channels"], quantizer="lfq" if kw["lookup_free_quantization"] else "vq",
+                codebook_size=kw["codebook_size"], quantizer_kwargs=FrozenDict(qkw) if qkw else None,
+                attn_dropout=kw["attn_dropout"], ff_dropout=kw["ff_dropout"], **_compat(CViViT))
+
+
+def _describe(module, fields):
+  return f"{type(module).__name__}(" + ", ".join(f"{f}={getattr(module, f)!r}" for f in fields) + ")"
+
+
+def cvivit_from_torch(state_dict, **reference_kwargs):
+  """Builds our Flax `CViViT` (reference_compat=True) and fills it from a reference CViViT state dict.
+
+  Args:
+    state_dict: {torch key: array} of a CViViT (a Phenaki state dict or a path works too: its cvivit part).
+    **reference_kwargs: the reference constructor's arguments, by its names: image_size and patch_size
+      (ints or (h, w); required: not in the weights), channels (default 3), and optionally dim,
+      codebook_size, temporal_patch_size, spatial_depth, temporal_depth, heads, dim_head,
+      lookup_free_quantization (read off the weights; given ones must agree), attn_dropout / ff_dropout,
+      lookup_free_quantization_kwargs (entropy_loss_weight, commitment_loss_weight, diversity_gamma: our
+      LFQ's training loss weights). GAN/VGG arguments are accepted and ignored.
+
+  Returns:
+    (module, variables): `module.apply(variables, video)` -> (reconstruction, ids, aux) for channels-last
+    video (B, T, H, W, C) in [0, 1] (the reference's (B, C, T, H, W): `video_from_torch_layout`) or an
+    image (B, H, W, C) (-> a 1-frame reconstruction (B, 1, H, W, C)); `method=CViViT.encode` /
+    `decode_indices` as in models/cvivit.py. variables = {'params': ...} plus, for the VQ, its
+    {'quantizer_stats': {'vq': {embed, embed_avg, cluster_size, unused_steps}}}, float32 numpy arrays.
+  """
+  return _cvivit_from_torch(state_dict, reference_kwargs)[:2]
+
+
+def _cvivit_from_torch(state_dict, reference_kwargs):
+  import jax
+  import jax.numpy as jnp
+  sd = _part(state_dict, "cvivit")
+  kw = resolve_cvivit_kwargs(sd, reference_kwargs)
+  module = build_cvivit(**kw)
+  (hh, ww), c = kw["image_size"], kw["channels"]
+  video = jax.ShapeDtypeStruct((1, 1 + kw["temporal_patch_size"], hh, ww, c), jnp.float32)
+  target = _abstract(module, video)
+  desc = _describe(module, ("dim", "image_size", "patch_size", "temporal_patch_size", "spatial_depth",
+                            "temporal_depth", "heads", "dim_head", "channels", "quantizer", "codebook_size"))
+  variables, ignored = variables_from_torch(sd, _cvivit_rule, kw, target, desc)
+  return module, variables, ignored, kw
+
+
+def _check_transformer_args(what, kw):
+  if kw["causal"] or kw["peg_causal"]:
+    raise ValueError(f"{what}(causal={kw['causal']}, peg_causal={kw['peg_causal']}): our {what} is "
+                     "bidirectional with a non-causal PEG, as the reference's default")
+  if kw["ff_mult"] != 4:
+    raise ValueError(f"{what}(ff_mult={kw['ff_mult']}): our {what} has the reference default 4")
+
+
+def resolve_maskgit_kwargs(state_dict, reference_kwargs) -> dict:
+  kw = _resolve("MaskGit", MASKGIT_ARGS, infer_maskgit_kwargs(state_dict), reference_kwargs)
+  _check_transformer_args("MaskGit", kw)
+  if not kw["unconditional"] and kw["dim_context"] is None:
+    kw["dim_context"] = kw["dim"]        # the Transformer's default
+  return kw
+
+
+def build_maskgit(**kw):
+  """Our MaskGit (reference_compat=True) for resolved reference arguments."""
+  from vidgen_jax.models.maskgit import MaskGit
+  return MaskGit(num_tokens=kw["num_tokens"], dim=kw["dim"], depth=kw["depth"], max_seq_len=kw["max_seq_len"],
+                 heads=kw["heads"], dim_head=kw["dim_head"], unconditional=bool(kw["unconditional"]),
+                 gradient_shrink_alpha=kw["gradient_shrink_alpha"], **_compat(MaskGit))
+
+
+def _token_inputs(kw, conditional):
+  import jax
+  import jax.numpy as jnp
+  tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  text = jax.ShapeDtypeStruct((1, 1, kw["dim_context"]), jnp.float32) if conditional else None
+  return tokens, text
+
+
+def maskgit_from_torch(state_dict, **reference_kwargs):
+  """Builds our Flax `MaskGit` (reference_compat=True) and fills it from a reference MaskGit state dict.
+
+  Args:
+    state_dict: {torch key: array} of a MaskGit (a Phenaki state dict or a path: its maskgit part).
+    **reference_kwargs: the reference's MaskGit / Transformer arguments (dim, num_tokens, max_seq_len,
+      depth, heads, dim_head, unconditional, dim_context: all read off the weights; given ones must agree;
+      gradient_shrink_alpha; dropouts (ignored: inference); ff_mult, causal, peg_causal must be defaults).
+
+  Returns:
+    (module, variables): `module.apply(variables, tokens, text, text_mask, null, video_shape=(t, h, w))` ->
+    logits (B, N, num_tokens), for tokens (B, N) int32 in [0, num_tokens] (num_tokens is the mask id),
+    text (B, L, dim_context) and text_mask (B, L) (None for an unconditional model), null (B,) bool: True
+    masks every text token (the reference's cond_drop_prob=1); N <= max_seq_len.
+  """
+  return _maskgit_from_torch(state_dict, reference_kwargs)[:2]
+
+
+def _maskgit_from_torch(state_dict, reference_kwargs):
+  sd = _part(state_dict, "maskgit")
+  kw = resolve_maskgit_kwargs(sd, reference_kwargs)
+  module = build_maskgit(**kw)
+  tokens, text = _token_inputs(kw, not kw["unconditional"])
+  target = _abstract(module, tokens, text, video_shape=(1, 1, 1))
+  desc = _describe(module, ("num_tokens", "dim", "depth", "max_seq_len", "heads", "dim_head", "unconditional"))
+  variables, ignored = variables_from_torch(sd, _maskgit_rule, kw, target, desc)
+  return module, variables, ignored, kw
+
+
+def resolve_critic_kwargs(state_dict, reference_kwargs) -> dict:
+  kw = _resolve("TokenCritic", CRITIC_ARGS, infer_critic_kwargs(state_dict), reference_kwargs)
+  _check_transformer_args("TokenCritic", kw)
+  if kw["has_cross_attn"]:
+    if kw["attn_num_null_kv"] != 2:
+      raise ValueError(f"TokenCritic(attn_num_null_kv={kw['attn_num_null_kv']}): ours has 2 null key/values")
+    if kw["dim_context"] is None:
+      kw["dim_context"] = kw["dim"]
+  return kw
+
+
+def build_critic(**kw):
+  """Our TokenCritic (reference_compat=True) for resolved reference arguments."""
+  from vidgen_jax.models.maskgit import TokenCritic
+  return TokenCritic(num_tokens=kw["num_tokens"], dim=kw["dim"], depth=kw["depth"], max_seq_len=kw["max_seq_len"],
+                     heads=kw["heads"], dim_head=kw["dim_head"], cross_attention=bool(kw["has_cross_attn"]),
+                     **_compat(TokenCritic))
+
+
+def critic_from_torch(state_dict, **reference_kwargs):
+  """Builds our Flax `TokenCritic` (reference_compat=True) and fills it from a reference TokenCritic.
+
+  Arguments as `maskgit_from_torch` (has_cross_attn in place of unconditional). Returns (module, variables):
+  `module.apply(variables, tokens, text, text_mask, null, video_shape=(t, h, w))` -> (B, N) logits that a
+  token is fake (text arguments only with cross-attention).
+  """
+  return _critic_from_torch(state_dict, reference_kwargs)[:2]
+
+
+def _critic_from_torch(state_dict, reference_kwargs):
+  sd = _part(state_dict, "critic")
+  kw = resolve_critic_kwargs(sd, reference_kwargs)
+  module = build_critic(**kw)
+  tokens, text = _token_inputs(kw, kw["has_cross_attn"])
+  target = _abstract(module, tokens, text, video_shape=(1, 1, 1))
+  desc = _describe(module, ("num_tokens", "dim", "depth", "max_seq_len", "heads", "dim_head", "cross_attention"))
+  variables, ignored = variables_from_torch(sd, _critic_rule, kw, target, desc)
+  return module, variables, ignored, kw
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Workdirs
+
+def _base_config(name):
+  from vidgen_jax import configs
+  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / name
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: it is the base config of a converted workdir")
+  return configs.load_config_file(str(path))
+
+
+def _jsonable(kw):
+  out = {}
+  for k, v in kw.items():
+    if isinstance(v, tuple):
+      v = list(v)
+    if isinstance(v, Mapping):
+      v = dict(v)
+    if v is None or isinstance(v, (bool, int, float, str, list, dict)):
+      out[k] = v
+  return out
+
+
+def cvivit_config(kw, *, num_frames, config=None):
+  """A family 'cvivit' config whose model is the reference CViViT `kw` (resolved arguments)."""
+  (hh, ww), (ph, pw) = kw["image_size"], kw["patch_size"]
+  problems = []
+  if hh != ww:
+    problems.append(f"image_size={kw['image_size']}: a vidgen workdir has square frames (data.image_size)")
+  if ph != pw:
+    problems.append(f"patch_size={kw['patch_size']}: the cvivit family has square patches (model.patch_size)")
+  if kw["channels"] != 3:
+    problems.append(f"channels={kw['channels']}: a vidgen workdir models RGB video")
+  if (num_frames - 1) % kw["temporal_patch_size"]:
+    problems.append(f"num_frames={num_frames}: C-ViViT needs 1 + k * temporal_patch_size "
+                    f"({kw['temporal_patch_size']}) frames")
+  if problems:
+    raise ValueError("; ".join(problems) + " (cvivit_from_torch() still converts this model)")
+  c = config.copy_and_resolve_references() if config is not None else _base_config("cvivit_shapes.py")
+  c.family = "cvivit"
+  c.data.image_size, c.data.num_frames = int(hh), int(num_frames)
+  m = c.model
+  m.dim, m.patch_size, m.temporal_patch_size = int(kw["dim"]), int(ph), int(kw["temporal_patch_size"])
+  m.spatial_depth, m.temporal_depth = int(kw["spatial_depth"]), int(kw["temporal_depth"])
+  m.heads, m.dim_head = int(kw["heads"]), int(kw["dim_head"])
+  m.quantizer = "lfq" if kw["lookup_free_quantization"] else "vq"
+  m.codebook_size = int(kw["codebook_size"])
+  m.reference_compat = True
+  c.loss.gan_weight, c.loss.perceptual_weight, c.loss.perceptual_weights = 0.0, 0.0, ""
+  return c
+
+
+def _pick_text_encoder(dim_context, encoder, path):
+  """(encoder, path) whose per-token features are dim_context wide, or a ValueError saying why none is."""
+  if encoder is None:
+    encoder = {MINILM_DIM: "minilm", T5_BASE_DIM: "t5"}.get(dim_context)
+    if encoder is None:
+      raise ValueError(f"dim_context={dim_context}: our text encoders give minilm {MINILM_DIM}, t5 (the "
+                       f"reference's T5 v1.1 base: {T5_BASE_DIM}) or bert features of their model's width; pass "
+                       "text_encoder= and text_path= for one of this width. maskgit_from_torch() runs the "
+                       "model with your own text embeddings.")
+  if encoder not in ("minilm", "bert", "t5"):
+    raise ValueError(f"text encoder {encoder!r} unknown; choose minilm, bert or t5")
+  if encoder in ("bert", "t5") and not path:
+    raise ValueError(f"dim_context={dim_context} needs the {encoder} text encoder: pass text_path (--text-path), "
+                     "a Hugging Face model directory (the reference used google/t5-v1_1-base)")
+  width = vdm_torch._text_width(encoder, path)
+  if width != dim_context:
+    raise ValueError(f"dim_context={dim_context} but the {encoder} text encoder"
+                     f"{' at ' + str(path) if path else ''} gives {width}-wide features")
+  return encoder, str(path or "")
+
+
+def phenaki_config(maskgit_kw, critic_kw, *, tokenizer_workdir, image_size, num_frames, text_encoder=None,
+                   text_path="", text_max_length=None, steps=None, cond_scale=None, temperature=None,
+                   config=None):
+  """A family 'phenaki' config whose MaskGit (and critic) are the reference's."""
+  if maskgit_kw["unconditional"]:
+    raise ValueError("an unconditional MaskGit: the phenaki family is text-conditional (maskgit_from_torch() "
+                     "still converts it)")
+  if critic_kw is not None:
+    differ = [k for k in ("dim", "heads", "dim_head") if critic_kw[k] != maskgit_kw[k]]
+    if differ or not critic_kw["has_cross_attn"] or critic_kw["dim_context"] != maskgit_kw["dim_context"]:
+      raise ValueError("the TokenCritic's " + (", ".join(differ) or "cross-attention") + " differs from the "
+                       "MaskGit's; the phenaki family builds its critic with the MaskGit's dim, heads, dim_head "
+                       "and text: convert without the critic (critic=False, --no-critic)")
+  encoder, path = _pick_text_encoder(maskgit_kw["dim_context"], text_encoder, text_path)
+  c = config.copy_and_resolve_references() if config is not None else _base_config("phenaki_shapes.py")
+  c.family = "phenaki"
+  c.tokenizer.workdir = str(pathlib.Path(tokenizer_workdir).absolute())
+  c.data.image_size, c.data.num_frames = int(image_size), int(num_frames)
+  m = c.model
+  m.dim, m.depth, m.heads, m.dim_head = (int(maskgit_kw[k]) for k in ("dim", "depth", "heads", "dim_head"))
+  m.critic = critic_kw is not None
+  if critic_kw is not None:
+    m.critic_depth = int(critic_kw["depth"])
+  m.reference_compat = True
+  c.text.encoder, c.text.path = encoder, path
+  c.text.max_length = int(text_max_length or TEXT_MAX_LENGTH)
+  c.train.mask_schedule = "cosine"
+  s = c.sample
+  s.steps = int(steps or REFERENCE_SAMPLING["steps"])
+  s.cond_scale = float(REFERENCE_SAMPLING["cond_scale"] if cond_scale is None else cond_scale)
+  s.temperature = float(REFERENCE_SAMPLING["temperature"] if temperature is None else temperature)
+  return c
+
+
+def _check_family_honours_compat(run, what):
+  modules = [run.model] + [run.parts.get(k) for k in ("critic", "tokenizer")]
+  if not all(getattr(mod, "reference_compat", False) for mod in modules if mod is not None):
+    raise NotImplementedError(
+        f"the {what} family builds its model without model.reference_compat, so the converted weights would "
+        "run without the reference's layout quirks (train/cvivit.build_model, train/phenaki.build_components)")
+
+
+def _check_tree(run_params, variables, what):
+  import jax
+  from flax import traverse_util
+  ours = traverse_util.flatten_dict(jax.tree.map(lambda a: tuple(a.shape), run_params))
+  theirs = traverse_util.flatten_dict(jax.tree.map(np.shape, variables))
+  if ours != theirs:
+    diff = sorted("/".join(p) for p in set(ours.items()) ^ set(theirs.items()))
+    raise ValueError(f"the config's {what} does not have the converted parameter tree: {', '.join(diff[:10])}")
+
+
+def _save_workdir(workdir, run, c, converted, rest_fn, step):
+  """Saves a fresh train state (step `step`) whose params and EMA params are `converted` plus `rest_fn(key)`
+  (the subtrees that are not converted), with config.json, into `workdir`."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from vidgen_jax import configs
+  from vidgen_jax.train import checkpoint as ckpt_lib
+  from vidgen_jax.train import state as state_lib
+
+  def make_state(converted, key, step):
+    k_rest, k_train = jax.random.split(key)
+    params = {**converted, **nn.meta.unbox(rest_fn(k_rest))}
+    return state_lib.create_state(params, run.tx, k_train).replace(step=step)
+
+  with run.context():
+    state = jax.jit(make_state, out_shardings=run.state_shardings)(
+        converted, jax.random.key(c.seed), jnp.asarray(step, jnp.int32))
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(configs.to_json(c))
+  saver = ckpt_lib.Checkpointer(workdir, keep=c.train.keep_ckpts)
+  try:
+    saver.save(step, state, config=c, force=True)
+  finally:
+    saver.close()
+
+
+def _refuse_existing(workdir):
+  if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
+    raise ValueError(f"{workdir} already holds checkpoints: convert into a new --workdir")
+
+
+class _TextDim:
+  """Stands in for the text encoder while building the run: only its width shapes the model."""
+
+  def __init__(self, dim):
+    self.dim = dim
+
+
+def _write_cvivit_workdir(workdir, variables, kw, *, num_frames, step, devices, provenance):
+  import jax.numpy as jnp
+  from vidgen_jax.train import families
+  from vidgen_jax.train import setup as setup_lib
+  c = cvivit_config(kw, num_frames=num_frames)
+  c.converted_from = provenance
+  families.get("cvivit").validate(c, len(devices), 1)
+  run = setup_lib.build_run(c, devices=devices)
+  _check_family_honours_compat(run, "cvivit")
+  _check_tree(run.abstract_state.params["tokenizer"], variables, "C-ViViT")
+  frame = jnp.zeros((1, c.data.image_size, c.data.image_size, 3), jnp.float32)
+  # The reference's discriminator (discr.*) is not converted: a fresh one, should training go on.
+  rest = lambda key: {"discriminator": run.parts["discriminator"].init(key, frame)}
+  _save_workdir(workdir, run, c, {"tokenizer": variables}, rest, step)
+  return c
+
+
+def convert_to_workdir(checkpoint, workdir, *, image_size, num_frames, which="ema", cvivit_kwargs=None,
+                       maskgit_kwargs=None, critic_kwargs=None, critic=None, text_encoder=None, text_path="",
+                       text_max_length=None, steps=None, cond_scale=None, temperature=None, step=None,
+                       devices=None):
+  """Writes a vidgen workdir from a phenaki-pytorch checkpoint.
+
+  A C-ViViT checkpoint becomes a family 'cvivit' workdir (`vidgen eval --workdir DIR` reconstructs clips; the
+  discriminator, which the reference's CViViT state dict may carry as discr.*, is not converted: a fresh one
+  is initialised should training continue). A Phenaki checkpoint becomes a family 'phenaki' workdir: its
+  C-ViViT is written as the cvivit workdir DIR/tokenizer (the phenaki config's tokenizer.workdir, copied into
+  the phenaki state as its frozen tokenizer), its MaskGit (and TokenCritic) into DIR.
+
+  Args:
+    checkpoint: a file (or loaded dict) for `read_checkpoint` holding a CViViT or a whole Phenaki.
+    workdir: a new directory (refused if it already holds a checkpoint).
+    image_size: the reference's image_size (square: data.image_size); num_frames: the clip length the
+      workdir samples/evaluates (1 + k * temporal_patch_size; a Phenaki's MaskGit needs max_seq_len >= its
+      tokens: its pos_emb rows beyond them are never used and are not kept).
+    which: 'ema' (default) or 'model' for an EMA wrapper checkpoint (CViViTTrainer's vae.N.ema.pt).
+    cvivit_kwargs, maskgit_kwargs, critic_kwargs: reference constructor arguments; by default read off the
+      weights (the C-ViViT's patch_size, not recoverable, is required).
+    critic: None converts the checkpoint's TokenCritic if it has one; False leaves it out (needed for a
+      SelfCritic, which the phenaki family does not have, or a critic shaped unlike the MaskGit).
+    text_encoder, text_path, text_max_length: the encoder for the MaskGit's context width (default: 384
+      minilm, 768 t5 with text_path); max length default 256, the reference's T5 truncation.
+    steps, cond_scale, temperature: sampling defaults (default: the reference's 18, 3.0, 0.9).
+    step: the step to record (default: the trainer checkpoint's, else 0).
+    devices: where the state is assembled before saving (default: one local device).
+
+  Returns:
+    dict(workdir, step, config, kind, num_params, ignored (torch keys dropped and why), tokenizer_workdir).
+  """
+  import jax
+  from vidgen_jax.train import families
+  from vidgen_jax.train import setup as setup_lib
+
+  workdir = pathlib.Path(workdir)
+  _refuse_existing(workdir)
+  ckpt = read_checkpoint(checkpoint, which)
+  if ckpt.cvivit is None:
+    raise ValueError(f"the checkpoint is a bare {ckpt.kind}: a workdir needs its C-ViViT too (a Phenaki "
+                     "checkpoint, or convert the tokenizer first); maskgit_from_torch() / critic_from_torch() "
+                     "convert it alone")
+  devices = list(devices) if devices is not None else jax.local_devices()[:1]
+  step = int(ckpt.step or 0) if step is None else int(step)
+  ckpt_name = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<in memory>"
+  given = dict(cvivit_kwargs or {})
+  if given.get("image_size") not in (None, image_size):
+    raise ValueError(f"image_size={image_size} but cvivit_kwargs has image_size={given['image_size']}")
+  given["image_size"] = image_size
+  _, cv_vars, cv_ignored, cv_kw = _cvivit_from_torch(ckpt.cvivit, given)
+  ignored = dict(ckpt.ignored)
+  ignored.update({f"cvivit.{k}" if ckpt.kind == "phenaki" else k: v for k, v in cv_ignored.items()})
+  provenance = dict(reference=REFERENCE, checkpoint=ckpt_name, kind=ckpt.kind, source=ckpt.source, step=step,
+                    cvivit_kwargs=_jsonable(cv_kw))
+  num_params = sum(int(np.prod(np.shape(a))) for a in jax.tree.leaves(cv_vars))
+
+  if ckpt.kind != "phenaki":
+    c = _write_cvivit_workdir(workdir, cv_vars, cv_kw, num_frames=num_frames, step=step, devices=devices,
+                              provenance=provenance)
+    log.info("converted %s (%s, %d parameters) into %s at step %d", ckpt_name, ckpt.kind, num_params, workdir, step)
+    return dict(workdir=workdir, step=step, config=c, kind=ckpt.kind, num_params=num_params, ignored=ignored,
+                tokenizer_workdir=None)
+
+  if ckpt.maskgit is None:
+    raise ValueError("the Phenaki checkpoint has no maskgit.* weights")
+  if ckpt.self_critic is not None and critic is not False:
+    raise ValueError("the checkpoint's critic is a SelfCritic (self_token_critic=True), which the phenaki family "
+                     "does not have: convert without it (critic=False, --no-critic)")
+  use_critic = ckpt.critic is not None and critic is not False
+  if critic and ckpt.critic is None:
+    raise ValueError("critic=True but the checkpoint has no TokenCritic")
+  _, mg_vars, mg_ignored, mg_kw = _maskgit_from_torch(ckpt.maskgit, dict(maskgit_kwargs or {}))
+  ignored.update({f"maskgit.{k}": v for k, v in mg_ignored.items()})
+  cr_vars, cr_kw = None, None
+  if use_critic:
+    _, cr_vars, cr_ignored, cr_kw = _critic_from_torch(ckpt.critic, dict(critic_kwargs or {}))
+    ignored.update({f"critic.{k}": v for k, v in cr_ignored.items()})
+  elif ckpt.critic is not None or ckpt.self_critic is not None:
+    for k in ckpt.critic or ckpt.self_critic:
+      ignored[f"critic.{k}"] = "critic=False: the critic is not converted"
+
+  # Token grid and vocabulary as the phenaki family sees them.
+  tokenizer = build_cvivit(**cv_kw)
+  grid = (tokenizer.num_token_steps(num_frames),) + tokenizer.patch_grid
+  seq = int(np.prod(grid))
+  for name, kw in (("MaskGit", mg_kw), ("TokenCritic", cr_kw)):
+    if kw is None:
+      continue
+    if kw["num_tokens"] != cv_kw["codebook_size"]:
+      raise ValueError(f"{name} num_tokens={kw['num_tokens']} but the C-ViViT has {cv_kw['codebook_size']} codes: "
+                       "the phenaki family's vocabulary is the tokenizer's codebook")
+    if kw["max_seq_len"] < seq:
+      raise ValueError(f"{name} max_seq_len={kw['max_seq_len']} < the {seq} tokens of {num_frames} frames "
+                       f"(token grid {grid}): pass fewer num_frames")
+  mg_vars = _truncate_positions(mg_vars, seq)
+  if cr_vars is not None:
+    cr_vars = _truncate_positions(cr_vars, seq)
+
+  # Every check that needs no run before anything is written.
+  cvivit_config(cv_kw, num_frames=num_frames)
+  c = phenaki_config(mg_kw, cr_kw, tokenizer_workdir=workdir / "tokenizer", image_size=cv_kw["image_size"][0],
+                     num_frames=num_frames, text_encoder=text_encoder, text_path=text_path,
+                     text_max_length=text_max_length, steps=steps, cond_scale=cond_scale, temperature=temperature)
+  families.get("phenaki").validate(c, len(devices), 1)
+  _refuse_existing(workdir / "tokenizer")
+  _write_cvivit_workdir(workdir / "tokenizer", cv_vars, cv_kw, num_frames=num_frames, step=step, devices=devices,
+                        provenance=dict(provenance, kind="phenaki:cvivit"))
+  provenance.update(maskgit_kwargs=_jsonable(mg_kw), critic_kwargs=_jsonable(cr_kw) if cr_kw else None,
+                    positions_kept=seq)
+  c.converted_from = provenance
+  width = vdm_torch._text_width(c.text.encoder, c.text.path)
+  run = setup_lib.build_run(c, text_encoder=_TextDim(width), devices=devices)
+  _check_family_honours_compat(run, "phenaki")
+  replace = {"maskgit": mg_vars}
+  _check_tree(run.abstract_state.params["maskgit"], mg_vars, "MaskGit")
+  if cr_vars is not None:
+    _check_tree(run.abstract_state.params["critic"], cr_vars, "TokenCritic")
+    replace["critic"] = cr_vars
+  # The frozen tokenizer: the tokenizer workdir's weights as the run restored them (on their own devices, so
+  # fetched to the host), an argument of the state's jit rather than a constant baked into it.
+  tokenizer = jax.device_get(run.parts["tokenizer_variables"])
+  _save_workdir(workdir, run, c, {**replace, "tokenizer": tokenizer}, lambda key: {}, step)
+  num_params += sum(int(np.prod(np.shape(a))) for a in jax.tree.leaves(replace))
+  log.info("converted %s (phenaki, %d parameters) into %s (tokenizer %s) at step %d", ckpt_name, num_params,
+           workdir, workdir / "tokenizer", step)
+  return dict(workdir=workdir, step=step, config=c, kind=ckpt.kind, num_params=num_params, ignored=ignored,
+              tokenizer_workdir=workdir / "tokenizer")
+
+
+def _truncate_positions(variables, seq):
+  """Keeps the first `seq` rows of the learned position table (positions >= seq are never looked up)."""
+  params = dict(variables["params"])
+  trunk = dict(params["trunk"])
+  trunk["pos_emb"] = {"embedding": variables["params"]["trunk"]["pos_emb"]["embedding"][:seq]}
+  params["trunk"] = trunk
+  return {**variables, "params": params}
