@@ -31,7 +31,7 @@ def get_config(arg=None):
   # | vq (EMA cosine codebook of codebook_size; dead codes re-seeded, train.reseed_dead_codes_after)
   c.model.quantizer = "lfq" if arg.variant == "S" else "fsq"
   c.model.codebook_size = 4096
-  c.model.fsq_levels = (8, 8, 8)    # fsq: 512 codes
+  c.model.fsq_levels = (8, 8, 8, 8)  # fsq: 4096 codes (8, 8, 8: 512 codes, 28.0 dB, 73% used; README)
 
   c.loss = ConfigDict()
   c.loss.gan_weight = 0.0           # > 0: hinge GAN on one frame per clip with the adaptive weight
@@ -49,7 +49,7 @@ def get_config(arg=None):
 
   c.train = ConfigDict()
   c.train.batch_size = 16
-  c.train.num_steps = 2000
+  c.train.num_steps = 3000
   c.train.gan_start = 1000          # GAN terms start here (reconstruction first)
   c.train.reseed_dead_codes_after = 50   # vq: re-seed codes unused this many steps (0 = never)
   c.train.image_steps = 0           # > 0: the first image_steps steps train on single frames (images first)

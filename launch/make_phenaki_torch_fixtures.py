@@ -34,35 +34,23 @@ training-mode forward passes) it writes:
   NAME.json            the constructor kwargs of every module, the token grid, seed and versions.
 """
 import argparse
-import importlib.util
 import json
 import pathlib
-import sys
-import types
 
 import numpy as np
 import torch
 
 
-def _stub_optional_modules():
-  if importlib.util.find_spec("torchvision") is None:
-    tv = types.ModuleType("torchvision")
-    tv.models = types.SimpleNamespace(vgg16=None, VGG16_Weights=None)
-    tv.transforms = types.SimpleNamespace()
-    sys.modules["torchvision"] = tv
-  if importlib.util.find_spec("beartype") is None:
-    bt = types.ModuleType("beartype")
-    bt.beartype = lambda f=None, **kw: f if f is not None else (lambda g: g)
-    sys.modules["beartype"] = bt
-  if importlib.util.find_spec("transformers") is None:   # phenaki_pytorch.t5 imports it at import time
-    t5 = types.ModuleType("phenaki_pytorch.t5")
-    t5.DEFAULT_T5_NAME = "google/t5-v1_1-base"
-    t5.get_encoded_dim = lambda name: 768
-
-    def t5_encode_text(*args, **kwargs):
-      raise RuntimeError("T5 is stubbed: pass text embeddings")
-    t5.t5_encode_text = t5_encode_text
-    sys.modules["phenaki_pytorch.t5"] = t5
+def _reference_runner():
+  """vidgen_jax/bench/torch_phenaki_reference.py, loaded by path: a standalone script (stdlib + torch), so this
+  works in a torch venv without vidgen_jax installed. Its stand-ins for phenaki-pytorch's optional imports
+  are the ones used here."""
+  import importlib.util
+  path = pathlib.Path(__file__).resolve().parents[1] / "vidgen_jax/bench/torch_phenaki_reference.py"
+  spec = importlib.util.spec_from_file_location("torch_phenaki_reference", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 TEXT_MASK = ((True, True, True, False, False), (True, True, False, False, False))
@@ -254,7 +242,7 @@ def main(argv=None):
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   from safetensors.numpy import save_file
-  _stub_optional_modules()
+  _reference_runner()._stub_missing_optional_modules()
   torch.set_grad_enabled(False)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)

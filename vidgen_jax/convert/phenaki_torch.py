@@ -68,6 +68,8 @@ from typing import Mapping
 import numpy as np
 
 from vidgen_jax.convert import vdm_torch
+from vidgen_jax.convert import workdir as workdir_lib
+from vidgen_jax.convert.errors import ConversionError
 
 log = logging.getLogger("vidgen.convert")
 
@@ -101,22 +103,6 @@ CRITIC_ARGS = dict(
 # vector_quantize_pytorch.LFQ arguments we honour (training-only loss weights) -> our LFQ's field names.
 _LFQ_KWARGS = dict(entropy_loss_weight="entropy_weight", commitment_loss_weight="commitment_weight",
                    diversity_gamma="diversity_gamma")
-
-
-class ConversionError(ValueError):
-  """A state dict that does not fit the module; lists every offending key, grouped by kind of problem."""
-
-  def __init__(self, message, *, unknown=(), unexpected=(), mismatched=(), missing=()):
-    self.unknown, self.unexpected = list(unknown), list(unexpected)
-    self.mismatched, self.missing = list(mismatched), list(missing)
-    parts = [message]
-    for title, items in (("unknown torch keys (no Flax counterpart)", self.unknown),
-                         ("torch keys this module has no parameter for", self.unexpected),
-                         ("shape or value mismatches", self.mismatched),
-                         ("module parameters missing from the state dict", self.missing)):
-      if items:
-        parts.append(f"{title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in items))
-    super().__init__("\n  ".join(parts))
 
 
 def supports_reference_compat(cls) -> bool:
@@ -826,15 +812,7 @@ def _pick_text_encoder(dim_context, encoder, path):
                        f"reference's T5 v1.1 base: {T5_BASE_DIM}) or bert features of their model's width; pass "
                        "text_encoder= and text_path= for one of this width. maskgit_from_torch() runs the "
                        "model with your own text embeddings.")
-  if encoder not in ("minilm", "bert", "t5"):
-    raise ValueError(f"text encoder {encoder!r} unknown; choose minilm, bert or t5")
-  if encoder in ("bert", "t5") and not path:
-    raise ValueError(f"dim_context={dim_context} needs the {encoder} text encoder: pass text_path (--text-path), "
-                     "a Hugging Face model directory (the reference used google/t5-v1_1-base)")
-  width = vdm_torch._text_width(encoder, path)
-  if width != dim_context:
-    raise ValueError(f"dim_context={dim_context} but the {encoder} text encoder"
-                     f"{' at ' + str(path) if path else ''} gives {width}-wide features")
+  workdir_lib.check_text_encoder(f"dim_context={dim_context}", dim_context, encoder, path, "google/t5-v1_1-base")
   return encoder, str(path or "")
 
 
@@ -880,55 +858,6 @@ def _check_family_honours_compat(run, what):
         "run without the reference's layout quirks (train/cvivit.build_model, train/phenaki.build_components)")
 
 
-def _check_tree(run_params, variables, what):
-  import jax
-  from flax import traverse_util
-  ours = traverse_util.flatten_dict(jax.tree.map(lambda a: tuple(a.shape), run_params))
-  theirs = traverse_util.flatten_dict(jax.tree.map(np.shape, variables))
-  if ours != theirs:
-    diff = sorted("/".join(p) for p in set(ours.items()) ^ set(theirs.items()))
-    raise ValueError(f"the config's {what} does not have the converted parameter tree: {', '.join(diff[:10])}")
-
-
-def _save_workdir(workdir, run, c, converted, rest_fn, step):
-  """Saves a fresh train state (step `step`) whose params and EMA params are `converted` plus `rest_fn(key)`
-  (the subtrees that are not converted), with config.json, into `workdir`."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-  from vidgen_jax import configs
-  from vidgen_jax.train import checkpoint as ckpt_lib
-  from vidgen_jax.train import state as state_lib
-
-  def make_state(converted, key, step):
-    k_rest, k_train = jax.random.split(key)
-    params = {**converted, **nn.meta.unbox(rest_fn(k_rest))}
-    return state_lib.create_state(params, run.tx, k_train).replace(step=step)
-
-  with run.context():
-    state = jax.jit(make_state, out_shardings=run.state_shardings)(
-        converted, jax.random.key(c.seed), jnp.asarray(step, jnp.int32))
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(configs.to_json(c))
-  saver = ckpt_lib.Checkpointer(workdir, keep=c.train.keep_ckpts)
-  try:
-    saver.save(step, state, config=c, force=True)
-  finally:
-    saver.close()
-
-
-def _refuse_existing(workdir):
-  if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
-    raise ValueError(f"{workdir} already holds checkpoints: convert into a new --workdir")
-
-
-class _TextDim:
-  """Stands in for the text encoder while building the run: only its width shapes the model."""
-
-  def __init__(self, dim):
-    self.dim = dim
-
-
 def _write_cvivit_workdir(workdir, variables, kw, *, num_frames, step, devices, provenance):
   import jax.numpy as jnp
   from vidgen_jax.train import families
@@ -938,11 +867,11 @@ def _write_cvivit_workdir(workdir, variables, kw, *, num_frames, step, devices, 
   families.get("cvivit").validate(c, len(devices), 1)
   run = setup_lib.build_run(c, devices=devices)
   _check_family_honours_compat(run, "cvivit")
-  _check_tree(run.abstract_state.params["tokenizer"], variables, "C-ViViT")
+  workdir_lib.check_tree(run.abstract_state.params["tokenizer"], variables, "C-ViViT")
   frame = jnp.zeros((1, c.data.image_size, c.data.image_size, 3), jnp.float32)
   # The reference's discriminator (discr.*) is not converted: a fresh one, should training go on.
   rest = lambda key: {"discriminator": run.parts["discriminator"].init(key, frame)}
-  _save_workdir(workdir, run, c, {"tokenizer": variables}, rest, step)
+  workdir_lib.save_workdir(workdir, run, c, {"tokenizer": variables}, step, rest)
   return c
 
 
@@ -983,7 +912,7 @@ def convert_to_workdir(checkpoint, workdir, *, image_size, num_frames, which="em
   from vidgen_jax.train import setup as setup_lib
 
   workdir = pathlib.Path(workdir)
-  _refuse_existing(workdir)
+  workdir_lib.refuse_existing(workdir)
   ckpt = read_checkpoint(checkpoint, which)
   if ckpt.cvivit is None:
     raise ValueError(f"the checkpoint is a bare {ckpt.kind}: a workdir needs its C-ViViT too (a Phenaki "
@@ -1051,24 +980,24 @@ def convert_to_workdir(checkpoint, workdir, *, image_size, num_frames, which="em
                      num_frames=num_frames, text_encoder=text_encoder, text_path=text_path,
                      text_max_length=text_max_length, steps=steps, cond_scale=cond_scale, temperature=temperature)
   families.get("phenaki").validate(c, len(devices), 1)
-  _refuse_existing(workdir / "tokenizer")
+  workdir_lib.refuse_existing(workdir / "tokenizer")
   _write_cvivit_workdir(workdir / "tokenizer", cv_vars, cv_kw, num_frames=num_frames, step=step, devices=devices,
                         provenance=dict(provenance, kind="phenaki:cvivit"))
   provenance.update(maskgit_kwargs=_jsonable(mg_kw), critic_kwargs=_jsonable(cr_kw) if cr_kw else None,
                     positions_kept=seq)
   c.converted_from = provenance
-  width = vdm_torch._text_width(c.text.encoder, c.text.path)
-  run = setup_lib.build_run(c, text_encoder=_TextDim(width), devices=devices)
+  width = workdir_lib.text_width(c.text.encoder, c.text.path)
+  run = setup_lib.build_run(c, text_encoder=workdir_lib.TextDim(width), devices=devices)
   _check_family_honours_compat(run, "phenaki")
   replace = {"maskgit": mg_vars}
-  _check_tree(run.abstract_state.params["maskgit"], mg_vars, "MaskGit")
+  workdir_lib.check_tree(run.abstract_state.params["maskgit"], mg_vars, "MaskGit")
   if cr_vars is not None:
-    _check_tree(run.abstract_state.params["critic"], cr_vars, "TokenCritic")
+    workdir_lib.check_tree(run.abstract_state.params["critic"], cr_vars, "TokenCritic")
     replace["critic"] = cr_vars
   # The frozen tokenizer: the tokenizer workdir's weights as the run restored them (on their own devices, so
   # fetched to the host), an argument of the state's jit rather than a constant baked into it.
   tokenizer = jax.device_get(run.parts["tokenizer_variables"])
-  _save_workdir(workdir, run, c, {**replace, "tokenizer": tokenizer}, lambda key: {}, step)
+  workdir_lib.save_workdir(workdir, run, c, {**replace, "tokenizer": tokenizer}, step)
   num_params += sum(int(np.prod(np.shape(a))) for a in jax.tree.leaves(replace))
   log.info("converted %s (phenaki, %d parameters) into %s (tokenizer %s) at step %d", ckpt_name, num_params,
            workdir, workdir / "tokenizer", step)

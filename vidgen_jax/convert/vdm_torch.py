@@ -34,14 +34,16 @@ to, not bit-equal with, the reference's for the same prompt. Unconditional check
 Trainer can make) become `model.unconditional=True`: prompts then only set how many videos are drawn.
 """
 import dataclasses
-import json
 import logging
 import os
 import pathlib
 import re
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
+
+from vidgen_jax.convert import workdir as workdir_lib
+from vidgen_jax.convert.errors import ConversionError
 
 log = logging.getLogger("vidgen.convert")
 
@@ -61,22 +63,6 @@ REFERENCE_DEFAULTS = dict(
     block_type="resnet", resnet_groups=None)
 _DIFFUSION_PREFIX = "denoise_fn."
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-
-class ConversionError(ValueError):
-  """A state dict that does not fit the U-Net; lists every offending key, grouped by kind of problem."""
-
-  def __init__(self, message, *, unknown=(), unexpected=(), mismatched=(), missing=()):
-    self.unknown, self.unexpected = list(unknown), list(unexpected)
-    self.mismatched, self.missing = list(mismatched), list(missing)
-    parts = [message]
-    for title, items in (("unknown torch keys (no Flax counterpart)", self.unknown),
-                         ("torch keys this U-Net has no parameter for", self.unexpected),
-                         ("shape mismatches", self.mismatched),
-                         ("U-Net parameters missing from the state dict", self.missing)):
-      if items:
-        parts.append(f"{title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in items))
-    super().__init__("\n  ".join(parts))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -376,28 +362,6 @@ def video_to_torch_layout(x):
 # ----------------------------------------------------------------------------------------------------------
 # A sampling workdir
 
-class _TextDim:
-  """Stands in for the text encoder while building the run: only its width shapes the model."""
-
-  def __init__(self, dim):
-    self.dim = dim
-
-
-def _text_width(encoder, path):
-  """The pooled width of a text encoder (minilm: 384; bert/t5: read from the model directory's config)."""
-  if encoder == "minilm" and not path:
-    return 384
-  config = pathlib.Path(path) / "config.json"
-  if not config.is_file():
-    raise FileNotFoundError(f"text encoder {encoder!r}: {config} not found (text_path must be a Hugging Face "
-                            "model directory with config.json, model.safetensors and tokenizer.json)")
-  raw = json.loads(config.read_text())
-  width = raw.get("d_model") if encoder == "t5" else raw.get("hidden_size")
-  if not width:
-    raise ValueError(f"{config}: no {'d_model' if encoder == 't5' else 'hidden_size'}")
-  return int(width)
-
-
 def _pick_text_encoder(cond_dim, encoder, path):
   """(encoder, path, width) that can feed a cond_dim-wide pooled vector, or a ValueError saying why not."""
   if cond_dim is None:
@@ -409,15 +373,7 @@ def _pick_text_encoder(cond_dim, encoder, path):
           f"cond_dim={cond_dim}: our pooled text encoders give minilm 384 and bert {BERT_MODEL_DIM} features "
           f"(the reference's BERT-base) or a t5 model's d_model (pass text_encoder='t5' with its directory); "
           "nothing here produces this width. unet_from_torch() runs the U-Net with your own cond vectors.")
-  if encoder not in ("minilm", "bert", "t5"):
-    raise ValueError(f"text encoder {encoder!r} unknown; choose minilm, bert or t5")
-  if encoder in ("bert", "t5") and not path:
-    raise ValueError(f"cond_dim={cond_dim} needs the {encoder} text encoder: pass text_path (--text-path), a "
-                     "Hugging Face model directory (the reference used bert-base-cased)")
-  width = _text_width(encoder, path)
-  if width != cond_dim:
-    raise ValueError(f"cond_dim={cond_dim} but the {encoder} text encoder"
-                     f"{' at ' + str(path) if path else ''} gives {width}-wide features")
+  width = workdir_lib.check_text_encoder(f"cond_dim={cond_dim}", cond_dim, encoder, path, "bert-base-cased")
   return encoder, path or "", width
 
 
@@ -520,12 +476,7 @@ def convert_to_workdir(checkpoint, workdir, *, image_size, num_frames, reference
     dict(workdir, step, config, reference_kwargs, num_params, kind).
   """
   import jax
-  import jax.numpy as jnp
-  from flax import traverse_util
-  from vidgen_jax import configs
-  from vidgen_jax.train import checkpoint as ckpt_lib
   from vidgen_jax.train import setup as setup_lib
-  from vidgen_jax.train import state as state_lib
   from vidgen_jax.train import validation
   from vidgen_jax.train import vdm
 
@@ -552,31 +503,12 @@ def convert_to_workdir(checkpoint, workdir, *, image_size, num_frames, reference
   _check_schedule(vdm.build_schedule(c), ckpt.buffers)
 
   workdir = pathlib.Path(workdir)
-  if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
-    raise ValueError(f"{workdir} already holds checkpoints: convert into a new --workdir")
+  workdir_lib.refuse_existing(workdir)
   text_dim = kwargs["cond_dim"] or 384
-  run = setup_lib.build_run(c, text_encoder=_TextDim(text_dim), devices=devices)
-  ours = traverse_util.flatten_dict(jax.tree.map(lambda a: a.shape, run.abstract_state.params))
-  theirs = traverse_util.flatten_dict(jax.tree.map(np.shape, variables))
-  if ours != theirs:
-    diff = sorted("/".join(p) for p in set(ours.items()) ^ set(theirs.items()))
-    raise ValueError("the config's model does not have the converted parameter tree (a new model option "
-                     f"defaulting on?): {', '.join(diff[:10])}")
-
-  def make_state(params, key, step):
-    return state_lib.create_state(params, run.tx, key).replace(step=step)
-
-  with run.context():
-    state = jax.jit(make_state, out_shardings=run.state_shardings)(
-        variables, jax.random.key(c.seed), jnp.asarray(step, jnp.int32))
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(configs.to_json(c))
-  saver = ckpt_lib.Checkpointer(workdir, keep=c.train.keep_ckpts)
-  try:
-    saver.save(step, state, config=c, force=True)
-  finally:
-    saver.close()
-  num_params = sum(int(np.prod(s)) for s in theirs.values())
+  run = setup_lib.build_run(c, text_encoder=workdir_lib.TextDim(text_dim), devices=devices)
+  workdir_lib.check_tree(run.abstract_state.params, variables, "model")
+  workdir_lib.save_workdir(workdir, run, c, variables, step)
+  num_params = sum(int(np.prod(np.shape(v))) for v in jax.tree.leaves(variables))
   log.info("converted %s (%s, %d parameters) into %s at step %d", checkpoint if isinstance(
       checkpoint, (str, os.PathLike)) else "state dict", ckpt.kind, num_params, workdir, step)
   return dict(workdir=workdir, step=step, config=c, reference_kwargs=kwargs, num_params=num_params,
