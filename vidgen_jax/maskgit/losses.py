@@ -43,7 +43,11 @@ def masked_token_loss(logits, targets, mask, valid=None):
   w = m.astype(jnp.float32)
   count = jnp.maximum(w.sum(), 1.0)
   loss = (ce * w).sum() / count
-  acc = ((jnp.argmax(logits, -1) == targets).astype(jnp.float32) * w).sum() / count
+  # right = the target's logit is the largest (a tie counts as right): a max and a gather, where an argmax
+  # is a variadic reduction, slow on XLA:CPU (4% of the MaskGIT-S train step)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  right = target_logit >= jnp.max(logits, axis=-1)
+  acc = (right.astype(jnp.float32) * w).sum() / count
   frac = w.sum() / jnp.maximum(valid.sum().astype(jnp.float32), 1.0)
   return loss, {"masked_ce": loss, "masked_acc": acc, "masked_frac": frac}
 
