@@ -47,11 +47,21 @@ def test_perceptual_term_is_in_the_loss_but_vgg_is_not_in_the_state(vgg_file):
   cvivit.validate(config, 1)
   run = setup.build_run(config, devices=ONE)
   batch = _batch(config)
-  state, (m,) = _steps(run, batch, 1)
+  state, (_, m) = _steps(run, batch, 2)   # two: the first step's learning rate is 0 (warm-up)
   assert m["perceptual_loss"] > 0
   np.testing.assert_allclose(m["loss"], m["recon_mse"] + m["quantizer_loss"] + 0.5 * m["perceptual_loss"],
                              rtol=1e-5)
   assert set(state.params) == {"tokenizer", "discriminator"}     # VGG: a step argument, not trained/saved
+  # Without GAN the discriminator's params, EMA and optimizer state are carried through untouched (AdamW's
+  # weight decay would otherwise shrink them); the tokenizer's moved.
+  init = jax.device_get(run.init_state(0))
+  after = jax.device_get(state)
+  for tree in ("params", "ema_params"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(after, tree)["discriminator"],
+                 getattr(init, tree)["discriminator"])
+  jax.tree.map(np.testing.assert_array_equal, after.opt_state.inner_states["d"], init.opt_state.inner_states["d"])
+  assert not np.array_equal(after.params["tokenizer"]["params"]["to_pixels"]["kernel"],
+                            init.params["tokenizer"]["params"]["to_pixels"]["kernel"])
   n_vgg = sum(x.size for x in jax.tree.leaves(run.parts["vgg"]))
   assert n_vgg > 1e7 and sum(x.size for x in jax.tree.leaves(state.params)) < n_vgg
   # The AOT path (vidgen compile) lowers the step with the VGG weights as arguments, not baked constants.

@@ -212,6 +212,8 @@ def _update(state, video, vgg, *, model, disc, tx, config):
   grad_norm = optax.tree.norm(grads)
   ok = jnp.isfinite(rec_total) & jnp.isfinite(grad_norm)
   new_state = state_lib.apply_update(state, grads, tx, config.optim.ema_decay, ok)
+  if not lc.gan_weight > 0:
+    new_state = _keep_discriminator(state, new_state)
   extra = {}
   if stats is not None:
     new_state, extra = _store_vq_stats(state, new_state, stats, z, ok, k_reseed, config)
@@ -221,6 +223,22 @@ def _update(state, video, vgg, *, model, disc, tx, config):
              "disc_loss": d_loss, "gan_weight": weight, "grad_norm": grad_norm, "finite": ok,
              "frames": jnp.asarray(video.shape[1], jnp.float32), **extra}
   return new_state, metrics
+
+
+def _keep_discriminator(state, new_state):
+  """new_state with the discriminator's params, EMA and optimizer state as in `state`.
+
+  Without GAN (static) the discriminator never trains; its subtrees stay in the state so that checkpoints
+  keep one layout whatever the loss weights, but its AdamW (which would still decay the weights) and EMA
+  are not computed: their outputs are unused, so XLA drops them. CViViT-S: the discriminator (7.8M) is
+  larger than the tokenizer (1.6M); bytes accessed per step 3.29 -> 2.67 GB, time on a 2-core CPU
+  unchanged (0.99-1.01x side by side), a gain where the optimizer is memory-bound (accelerators)."""
+  keep = lambda new, old: {**new, "discriminator": old["discriminator"]}
+  opt = new_state.opt_state
+  inner = {**opt.inner_states, "d": state.opt_state.inner_states["d"]}
+  return new_state.replace(params=keep(new_state.params, state.params),
+                           ema_params=keep(new_state.ema_params, state.ema_params),
+                           opt_state=opt._replace(inner_states=inner))
 
 
 def _store_vq_stats(state, new_state, stats, z, ok, rng, config):
