@@ -24,7 +24,9 @@ setup(
     install_requires=_requirements(),
     extras_require={
         # Reference checks against HF transformers' Flax classes (4.x is the last line with Flax).
-        "test": ["pytest>=8", "transformers>=4.57.6,<5"],
+        # pytest-xdist: launch/test.sh runs the suite on up to 4 worker processes (XLA:CPU compiles, which
+        # dominate the suite's time, are single-threaded).
+        "test": ["pytest>=8", "pytest-xdist>=3.6,<4", "transformers>=4.57.6,<5"],
         # Checkpoint conversion from the PyTorch references and side-by-side benchmarks.
         "torch": ["torch>=2.1", "video-diffusion-pytorch==0.7.0"],
         # Ahead-of-time compilation for TPU topologies on a CPU host (`vidgen compile --topology v5p:2x2x2`).

@@ -80,6 +80,12 @@ def get_config(arg=None):
   # still at chance (heuristic read-out 7% seen, 12.5% held-out); the samples barely move at all, so the
   # bottleneck is learning motion, not separating the prompts. Off until it is shown to help.
   c.model.text_cond_mlp = v.get("text_cond_mlp", 0)
+  # >0: hidden width of an MLP of [time + text embedding, frame index] added to each frame's FiLM embedding
+  # (our addition): lets the text modulate each frame differently. 0 = one FiLM condition for all frames.
+  c.model.frame_cond_mlp = v.get("frame_cond_mlp", 0)
+  # >0: frequencies of a 2-D Fourier embedding of (row, column) added after the first conv (our addition):
+  # absolute positions for the space-only convs. 0 = the reference (position only from zero padding).
+  c.model.position_features = v.get("position_features", 0)
   # >0: kernel size of a zero-initialised temporal conv in every ResnetBlock (pseudo-3D, our addition);
   # 0 = the reference's space-only resnets.
   c.model.temporal_conv = v.get("temporal_conv", 0)
@@ -99,6 +105,11 @@ def get_config(arg=None):
   # 32-wide network that cannot carry per-pixel noise, so eps/v left speckle (median background 54/255 in a
   # measured run) while x0 (clean, low-rank patches) gave black backgrounds (median 1/255).
   c.diffusion.prediction = v["prediction"]
+  # Training timesteps: with probability high_noise_prob a sample's t is drawn from [high_noise_from * T, T)
+  # instead of [0, T) (our addition; 0 = the reference's uniform draw): more training where the sampler
+  # decides layout and motion.
+  c.diffusion.high_noise_prob = v.get("high_noise_prob", 0.0)
+  c.diffusion.high_noise_from = 0.8
   c.diffusion.loss = "l2"           # l1 (reference default) | l2
   c.diffusion.cfg_drop_prob = 0.1   # probability of training a sample with the null condition
   c.diffusion.prob_focus_present = 0.0

@@ -409,3 +409,21 @@ def test_schedule_shift_lowers_every_log_snr_by_two_log_shift(kind):
   np.testing.assert_array_equal(diffusion.make_schedule(1000, kind, shift=1.0).betas, base.betas)
   with pytest.raises(ValueError, match="positive"):
     diffusion.make_schedule(10, kind, shift=0.0)
+
+
+def test_sample_timesteps_uniform_by_default_and_high_noise_mass_when_asked():
+  from vidgen_jax.diffusion import losses
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(losses.sample_timesteps(key, 64, 1000),
+                                jax.random.randint(key, (64,), 0, 1000))   # the reference's draw, bit-exact
+  t = np.asarray(losses.sample_timesteps(key, 20_000, 1000, high_noise_prob=0.5, high_noise_from=0.8))
+  assert t.min() >= 0 and t.max() < 1000
+  # 0.5 of the samples in [800, 1000) plus 0.2 of the other half: 0.6
+  assert abs((t >= 800).mean() - 0.6) < 0.02
+  assert abs((t < 400).mean() - 0.2) < 0.02
+  t = np.asarray(losses.sample_timesteps(key, 1000, 1000, high_noise_prob=1.0, high_noise_from=0.9))
+  assert t.min() >= 900
+  with pytest.raises(ValueError, match="high_noise_prob"):
+    losses.sample_timesteps(key, 4, 1000, high_noise_prob=1.5)
+  with pytest.raises(ValueError, match="high_noise_from"):
+    losses.sample_timesteps(key, 4, 1000, high_noise_prob=0.5, high_noise_from=1.0)

@@ -454,6 +454,49 @@ def test_absolute_frame_embedding_is_optional_and_breaks_time_shift_symmetry():
     Unet3D(**dict(TINY, max_frames_embedding=2)).init(jax.random.key(0), inp["x"], inp["time"])
 
 
+def test_frame_cond_mlp_starts_as_identity_and_makes_film_depend_on_the_frame():
+  cfg = dict(TINY, cond_dim=6, frame_cond_mlp=16)
+  model, params, inp = _setup(cfg, seed=3)
+  assert params["frame_cond_mlp"]["dense_in"]["kernel"].shape == (4 * TINY["dim"] + 6 + 16, 16)
+  x = np.repeat(inp["x"][:, :1], T, axis=1)               # the same frame T times
+  apply = jax.jit(lambda m, p, c: m.apply({"params": p}, x, inp["time"], c), static_argnums=0)
+  out = np.asarray(apply(model, params, inp["cond"]))
+  assert np.abs(out[:, 0] - out[:, T - 1]).max() > 1e-3   # each frame gets its own FiLM condition
+  plain = Unet3D(**dict(TINY, cond_dim=6))
+  rest = {k: v for k, v in params.items() if k != "frame_cond_mlp"}
+  same = np.asarray(apply(plain, rest, inp["cond"]))
+  np.testing.assert_allclose(same[:, 0], same[:, T - 1], atol=1e-5)  # the reference: frames stay equal
+  zero_out = jax.tree.map(jnp.zeros_like, params["frame_cond_mlp"]["dense_out"])
+  init_like = dict(params, frame_cond_mlp=dict(params["frame_cond_mlp"], dense_out=zero_out))
+  np.testing.assert_allclose(apply(model, init_like, inp["cond"]), same, atol=1e-5)
+  fresh = nn.unbox(model.init(jax.random.key(0), inp["x"], inp["time"], inp["cond"])["params"])
+  assert not np.any(fresh["frame_cond_mlp"]["dense_out"]["kernel"])  # zero-initialised: starts as reference
+  with pytest.raises(ValueError, match="frame_cond_mlp"):
+    Unet3D(dim=8, dim_mults=(1,), frame_cond_mlp=8)
+
+
+def test_position_features_start_as_identity_and_feed_absolute_positions():
+  from vidgen_jax.layers import embeddings
+  grid = np.asarray(embeddings.fourier_grid_embedding(4, 6, 2))
+  assert grid.shape == (4, 6, 8)
+  np.testing.assert_allclose(grid[:, :, :4], grid[:, :1, :4].repeat(6, 1))    # row features: same along a row
+  np.testing.assert_allclose(grid[1, 2, 4:], [np.sin(np.pi * -1 / 6), np.sin(2 * np.pi * -1 / 6),
+                                              np.cos(np.pi * -1 / 6), np.cos(2 * np.pi * -1 / 6)], atol=1e-6)
+  model, params, inp = _setup(dict(TINY, position_features=3), seed=4)
+  assert params["position_proj"]["kernel"].shape == (12, TINY["dim"])
+  x = np.zeros_like(inp["x"])                                          # no input signal: only positions
+  apply = jax.jit(lambda m, p, x: m.apply({"params": p}, x, inp["time"]), static_argnums=0)
+  plain = Unet3D(**TINY)
+  rest = {k: v for k, v in params.items() if k != "position_proj"}
+  assert np.abs(np.asarray(apply(model, params, x)) - np.asarray(apply(plain, rest, x))).max() > 1e-3
+  zero = dict(params, position_proj={"kernel": jnp.zeros_like(params["position_proj"]["kernel"])})
+  np.testing.assert_allclose(apply(model, zero, inp["x"]), apply(plain, rest, inp["x"]), atol=1e-5)
+  fresh = nn.unbox(model.init(jax.random.key(0), inp["x"], inp["time"])["params"])
+  assert not np.any(fresh["position_proj"]["kernel"])                  # zero-initialised: starts as reference
+  wide = np.zeros((B, T, S, 2 * S, 3), np.float32)                     # any grid size works
+  assert apply(model, params, wide).shape == wide.shape
+
+
 def test_text_cond_mlp_pools_real_tokens_into_film_and_respects_null_cond():
   cfg = dict(TEXT_CFG, cross_attention=False, text_cond_mlp=16)
   model, params, inp = _setup(cfg, seed=2)

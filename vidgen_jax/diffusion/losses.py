@@ -1,9 +1,30 @@
-"""Diffusion training targets and per-sample losses."""
+"""Diffusion training targets, training timesteps and per-sample losses."""
+import jax
 import jax.numpy as jnp
 
 from vidgen_jax.diffusion import gaussian
 
 LOSS_TYPES = ("l1", "l2")
+
+
+def sample_timesteps(rng, batch, num_timesteps, high_noise_prob=0.0, high_noise_from=0.8):
+  """(batch,) int training timesteps: uniform over [0, T) (the reference), except that with probability
+  `high_noise_prob` a sample's t is uniform over the top of the range, [high_noise_from * T, T).
+
+  Drawing more samples where the noise is high spends more of the training on the levels at which the
+  sampler decides a video's layout and motion (where the text matters most); the loss stays a plain mean.
+  """
+  if not 0.0 <= high_noise_prob <= 1.0:
+    raise ValueError(f"high_noise_prob must be in [0, 1], got {high_noise_prob}")
+  start = int(round(high_noise_from * num_timesteps))
+  if not 0 <= start < num_timesteps:
+    raise ValueError(f"high_noise_from must be in [0, 1) of the {num_timesteps} timesteps, got {high_noise_from}")
+  t = jax.random.randint(rng, (batch,), 0, num_timesteps)
+  if high_noise_prob == 0.0:
+    return t
+  k_high, k_pick = jax.random.split(jax.random.fold_in(rng, 1))
+  high = jax.random.randint(k_high, (batch,), start, num_timesteps)
+  return jnp.where(jax.random.bernoulli(k_pick, high_noise_prob, (batch,)), high, t)
 
 
 def training_target(sched, x0, t, noise, prediction="eps"):

@@ -7,6 +7,20 @@ import jax.numpy as jnp
 from vidgen_jax.layers import position
 
 
+def fourier_grid_embedding(height, width, num_freqs):
+  """(H, W, 4 num_freqs) float32: [sin, cos](pi k y), [sin, cos](pi k x) for k = 1..num_freqs, where y and x
+  are pixel centres normalised to (-1, 1), so the same frequencies describe any grid size."""
+  if num_freqs < 1:
+    raise ValueError(f"num_freqs must be >= 1, got {num_freqs}")
+  k = jnp.arange(1, num_freqs + 1, dtype=jnp.float32) * math.pi
+  ys = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height * 2 - 1
+  xs = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width * 2 - 1
+  fy = jnp.concatenate([jnp.sin(ys[:, None] * k), jnp.cos(ys[:, None] * k)], -1)   # (H, 2F)
+  fx = jnp.concatenate([jnp.sin(xs[:, None] * k), jnp.cos(xs[:, None] * k)], -1)   # (W, 2F)
+  return jnp.concatenate([jnp.broadcast_to(fy[:, None], (height, width, fy.shape[-1])),
+                          jnp.broadcast_to(fx[None], (height, width, fx.shape[-1]))], -1)
+
+
 def sinusoidal_embedding(x, dim):
   """(B,) positions or timesteps -> (B, dim) float32 [sin | cos] embedding (video-diffusion SinusoidalPosEmb).
 

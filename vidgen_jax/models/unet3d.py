@@ -61,7 +61,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from vidgen_jax.layers import conv, embeddings
+from vidgen_jax.layers import attention, conv, embeddings
 from vidgen_jax.models import unet3d_blocks as blocks
 
 _SLOTS = ("resnet1", "resnet2", "spatial_attn", "temporal_attn")
@@ -101,6 +101,16 @@ class Unet3D(nn.Module):
   max_frames_embedding: int | None = None
   cross_attention: bool = True
   text_cond_mlp: int | None = None
+  # Our addition, off by default: hidden width of an MLP of [time + text embedding, sinusoid(frame index)]
+  # whose zero-initialised output is added to every frame's FiLM embedding, so that each ResnetBlock can
+  # modulate each frame differently as a function of the text (e.g. "moving right": the object is left of
+  # centre early in the clip and right of it late). The reference's FiLM is the same for every frame.
+  frame_cond_mlp: int | None = None
+  # Our addition, 0 = off: number of frequencies of a 2-D Fourier embedding of each position's normalised
+  # (row, column), projected by a zero-initialised Dense and added after init_conv. Space-only convs only
+  # sense position through their zero padding; with this the network can place an object at an absolute
+  # position (with frame_cond_mlp: a different one in each frame) even from pure noise. Any H, W works.
+  position_features: int = 0
   # Our addition, 0 = off (reference): kernel size of a zero-initialised temporal conv inside every
   # ResnetBlock that gets the time/text embedding (see `unet3d_blocks.ResnetBlock`).
   temporal_conv: int = 0
@@ -118,6 +128,8 @@ class Unet3D(nn.Module):
           "features with a dim-wide stream and expects dim * 2 channels (the reference crashes there)")
     if self.text_cond_mlp and (self.text_token_dim is None or self.cond_dim is None):
       raise ValueError("text_cond_mlp needs text_token_dim and cond_dim (it pools projected text tokens into cond)")
+    if self.frame_cond_mlp and self.cond_dim is None:
+      raise ValueError("frame_cond_mlp needs cond_dim (it makes the text condition depend on the frame index)")
     if self.space_time_attention not in ("none", "mid", "all"):
       raise ValueError(f"space_time_attention must be none, mid or all, got {self.space_time_attention!r}")
     if self.init_kernel_size % 2 != 1:
@@ -200,6 +212,10 @@ class Unet3D(nn.Module):
           nn.initializers.normal(stddev=0.02), (None, "embed")), (self.max_frames_embedding, self.dim),
           jnp.float32)
       x = x + table[:frames].astype(self.dtype)[None, :, None, None, :]
+    if self.position_features:
+      pos = embeddings.fourier_grid_embedding(x.shape[2], x.shape[3], self.position_features)
+      x = x + attention.dense(self.dim, (None, "embed"), name="position_proj", use_bias=False,
+                              kernel_init=nn.initializers.zeros_init())(pos).astype(self.dtype)
     x = temporal("init_temporal_attn")(blocks.constrain_video(x), pos_bias, group_mask)
     r = x
 
@@ -218,6 +234,8 @@ class Unet3D(nn.Module):
       if per_frame:
         emb = jnp.broadcast_to(emb[:, None], (batch, frames, emb.shape[-1]))
       emb = jnp.concatenate([emb, cond], axis=-1)
+    if self.frame_cond_mlp:
+      emb = blocks.FrameCondMLP(self.frame_cond_mlp, name="frame_cond_mlp")(emb, frames)
 
     def attend(x, prefix, space_time=self.space_time_attention == "all"):
       x = temporal(f"{prefix}temporal_attn")(x, pos_bias, frame_mask)

@@ -105,6 +105,25 @@ class TokenPoolMLP(nn.Module):
     return (h * m).sum(-2) / jnp.maximum(m.sum(-2), 1.0)
 
 
+class FrameCondMLP(nn.Module):
+  """emb (B, E) or (B, T, E) -> (B, T, E): emb + MLP([emb, sinusoid(frame index)]), in float32.
+
+  The last layer is zero-initialised, so the block starts as the identity (every frame gets emb).
+  """
+  hidden: int
+
+  @nn.compact
+  def __call__(self, emb, frames):
+    emb = emb.astype(jnp.float32)
+    if emb.ndim == 2:
+      emb = jnp.broadcast_to(emb[:, None], (emb.shape[0], frames, emb.shape[-1]))
+    pos = embeddings.sinusoidal_embedding(jnp.arange(frames), 16)
+    h = jnp.concatenate([emb, jnp.broadcast_to(pos, emb.shape[:2] + pos.shape[-1:])], axis=-1)
+    h = nn.silu(attention.dense(self.hidden, ("embed", "mlp"), name="dense_in", use_bias=True)(h))
+    return emb + attention.dense(emb.shape[-1], ("mlp", "embed"), name="dense_out", use_bias=True,
+                                 kernel_init=nn.initializers.zeros_init())(h)
+
+
 def _fold_space(x):
   """(B, T, H, W, C) -> (B*T, H*W, C): every frame is a sequence of H*W tokens."""
   b, t, h, w, c = x.shape

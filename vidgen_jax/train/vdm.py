@@ -69,7 +69,9 @@ def build_model(config, text_dim: int):
       text_token_dim=text_dim if (text_dim and (m.cross_attention or m.get("text_cond_mlp"))) else None,
       cross_attention=m.cross_attention, text_cond_mlp=(text_dim and m.get("text_cond_mlp")) or None,
       dtype=_DTYPES[config.train.compute_dtype], remat=m.remat,
-      max_frames_embedding=m.get("max_frames_embedding") or None, temporal_conv=m.get("temporal_conv", 0),
+      max_frames_embedding=m.get("max_frames_embedding") or None,
+      frame_cond_mlp=(text_dim and m.get("frame_cond_mlp")) or None,
+      position_features=m.get("position_features", 0), temporal_conv=m.get("temporal_conv", 0),
       resnet_groups=m.get("resnet_groups") or None, space_time_attention=m.get("space_time_attention", "none"))
   unet = Unconditional(unet) if uncond else unet
   return unet if m.patch_size == 1 else patched.Patched(unet, m.patch_size)
@@ -161,7 +163,8 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   batch = append_images(batch, num_images, k_images)
   x0 = to_model_space(batch["video"])
   b, frames = x0.shape[:2]
-  t = jax.random.randint(k_t, (b,), 0, sched.num_timesteps)
+  t = losses.sample_timesteps(k_t, b, sched.num_timesteps, diffusion_cfg.get("high_noise_prob", 0.0),
+                              diffusion_cfg.get("high_noise_from", 0.8))
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = gaussian.q_sample(sched, x0, t, noise)
   target = losses.training_target(sched, x0, t, noise, diffusion_cfg.prediction)
