@@ -82,6 +82,8 @@ def get_config(arg=None):
   c.model.text_cond_mlp = v.get("text_cond_mlp", 0)
   # >0: hidden width of an MLP of [time + text embedding, frame index] added to each frame's FiLM embedding
   # (our addition): lets the text modulate each frame differently. 0 = one FiLM condition for all frames.
+  # Measured on the demo (128, 2000 steps, motion seen / held-out): 21 / 21% against 10 / 18%, within the
+  # evaluation's spread (38 samples per split); with position_features=4 23 / 18%. Off until it clearly helps.
   c.model.frame_cond_mlp = v.get("frame_cond_mlp", 0)
   # >0: frequencies of a 2-D Fourier embedding of (row, column) added after the first conv (our addition):
   # absolute positions for the space-only convs. 0 = the reference (position only from zero padding).
@@ -107,7 +109,7 @@ def get_config(arg=None):
   c.diffusion.prediction = v["prediction"]
   # Training timesteps: with probability high_noise_prob a sample's t is drawn from [high_noise_from * T, T)
   # instead of [0, T) (our addition; 0 = the reference's uniform draw): more training where the sampler
-  # decides layout and motion.
+  # decides layout and motion. Measured on the demo (0.5, with frame_cond_mlp=128): motion 10 / 4%, worse.
   c.diffusion.high_noise_prob = v.get("high_noise_prob", 0.0)
   c.diffusion.high_noise_from = 0.8
   c.diffusion.loss = "l2"           # l1 (reference default) | l2
