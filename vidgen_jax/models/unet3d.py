@@ -4,8 +4,9 @@ Same architecture and math as the reference `Unet3D` (space-only 1x3x3 convs, pe
 temporal attention with rotary + a shared T5 relative position bias, full spatial attention in the middle,
 FiLM conditioning on [time embedding ; cond]), with additions that are off by default:
 `text_token_dim` (text tokens: cross-attention after every temporal attention of the levels and the middle
-unless `cross_attention=False`), `text_cond_mlp` (a per-token MLP pooled into cond), `temporal_conv` (pseudo-3D resnets), `max_frames_embedding`
-and `remat`. Video is (B, T, H, W, C) instead of torch's (B, C, T, H, W).
+unless `cross_attention=False`), `text_cond_mlp` (a per-token MLP pooled into cond), `frame_cond_mlp` (a per-frame
+FiLM condition), `position_features` (absolute 2-D positions), `temporal_conv` (pseudo-3D resnets),
+`max_frames_embedding`, `space_time_attention` and `remat`. Video is (B, T, H, W, C) instead of torch's (B, C, T, H, W).
 
 Differences from the reference that are deliberate:
 * `init_dim` must equal `dim` (ValueError; the reference crashes later, research/anchors_pytorch.md 1.9-a).
