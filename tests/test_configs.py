@@ -53,13 +53,16 @@ def test_validation_lists_every_problem():
   c.mesh.data, c.mesh.fsdp = 4, 2
   c.optim.ema_decay = 1.5
   c.sample.steps = 5000
+  c.diffusion.high_noise_prob, c.diffusion.high_noise_from = 1.5, 1.0
+  c.model.position_features = -1
   with pytest.raises(validation.ConfigError) as e:
     validation.validate_vdm(c, num_devices=8)
   msg = str(e.value)
   for needle in ("data.image_size=15", "diffusion.prediction='score'", "train.batch_size/grad_accum=6",
-                 "optim.ema_decay=1.5", "sample.steps=5000"):
+                 "optim.ema_decay=1.5", "sample.steps=5000", "diffusion.high_noise_prob=1.5",
+                 "diffusion.high_noise_from=1.0", "model.position_features=-1"):
     assert needle in msg, msg
-  assert len(e.value.problems) == 5
+  assert len(e.value.problems) == 8
 
 
 def test_mesh_degrees_checked():

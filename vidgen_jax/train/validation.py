@@ -54,6 +54,9 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
   if tk < 0 or (tk and tk % 2 == 0):
     p.append(f"model.temporal_conv={tk} must be 0 (off) or an odd kernel size")
 
+  for name in ("frame_cond_mlp", "position_features"):
+    _positive(p, f"model.{name}", m.get(name, 0), allow_zero=True)
+
   _choice(p, "model.space_time_attention", m.get("space_time_attention", "none"), ("none", "mid", "all"))
   _choice(p, "diffusion.schedule", df.schedule, ("cosine", "linear"))
   _choice(p, "diffusion.prediction", df.prediction, ("eps", "v", "x0"))
@@ -61,10 +64,12 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
   _positive(p, "diffusion.timesteps", df.timesteps)
   if not df.get("schedule_shift", 1.0) > 0:
     p.append(f"diffusion.schedule_shift={df.schedule_shift}: must be > 0 (1 = unshifted)")
-  for name in ("cfg_drop_prob", "prob_focus_present"):
-    v = df[name]
+  for name in ("cfg_drop_prob", "prob_focus_present", "high_noise_prob"):
+    v = df.get(name, 0.0)
     if not 0.0 <= v <= 1.0:
       p.append(f"diffusion.{name}={v}: must be a probability in [0, 1]")
+  if not 0.0 <= df.get("high_noise_from", 0.8) < 1.0:
+    p.append(f"diffusion.high_noise_from={df.high_noise_from}: must be a fraction of the timesteps in [0, 1)")
 
   _choice(p, "sample.sampler", s.sampler, ("ddim", "ddpm", "dpmpp2m"))
   if not 1 <= s.steps <= df.timesteps:
