@@ -112,6 +112,11 @@ def get_config(arg=None):
   # decides layout and motion. Measured on the demo (0.5, with frame_cond_mlp=128): motion 10 / 4%, worse.
   c.diffusion.high_noise_prob = v.get("high_noise_prob", 0.0)
   c.diffusion.high_noise_from = 0.8
+  # Per-frame noise levels (Diffusion Forcing, our addition): with this probability a training clip gets
+  # one independent timestep per frame instead of one for the clip (0 = the reference). The model then
+  # learns to continue a video from frames it sees well into frames it barely sees, which pyramid sampling
+  # (sample.frame_offset) and video prediction use.
+  c.diffusion.frame_noise_prob = v.get("frame_noise_prob", 0.0)
   c.diffusion.loss = "l2"           # l1 (reference default) | l2
   c.diffusion.cfg_drop_prob = 0.1   # probability of training a sample with the null condition
   c.diffusion.prob_focus_present = 0.0
@@ -120,6 +125,10 @@ def get_config(arg=None):
   c.sample.sampler = "ddim"         # ddim | ddpm | dpmpp2m (DPM-Solver++(2M): second order, for few steps)
   c.sample.steps = 50               # ddim/dpmpp2m steps (ddpm always runs all timesteps)
   c.sample.eta = 0.0
+  # >0: pyramid sampling (ddim only; needs diffusion.frame_noise_prob > 0 in training): frame f starts
+  # frame_offset * f steps after frame 0, so each frame is denoised after the earlier ones have taken shape.
+  # steps + frame_offset * (frames - 1) model calls. 0 = every frame in step (the reference).
+  c.sample.frame_offset = v.get("frame_offset", 0)
   c.sample.cond_scale = 3.0         # classifier-free guidance weight; 1 = no guidance
   c.sample.clip_denoised = True
   # Reconstruction guidance weight w_r (Ho et al. eq. 7) for conditional sampling: video prediction, long

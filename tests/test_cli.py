@@ -55,6 +55,12 @@ def test_sample_npz_and_gif(workdir, tmp_path):
   _vidgen("sample", "--workdir", str(workdir), "--prompt", "a red circle moving left", "--out", str(gif),
           "--steps", "3")
   assert gif.stat().st_size > 0
+  pyramid = tmp_path / "pyramid.npz"
+  _vidgen("sample", "--workdir", str(workdir), "--prompt", "a red circle moving left", "--prompt",
+          "a blue square growing", "--num-samples", "2", "--seed", "3", "--out", str(pyramid), "--steps", "3",
+          "--frame-offset", "1")
+  videos = np.load(pyramid)["videos"]
+  assert videos.shape == data["videos"].shape and np.any(videos != data["videos"])
 
 
 def test_eval_writes_metrics(workdir):
@@ -81,6 +87,9 @@ def test_clear_errors(workdir, tmp_path):
   cfg = _vidgen("train", "--config", "configs/vdm_shapes.py:runlocal=True", "--workdir", str(tmp_path / "w"),
                 "--config.diffusion.prediction=score", check=False)
   assert cfg.returncode == 2 and "diffusion.prediction='score'" in cfg.stderr
+  pyramid = _vidgen("sample", "--workdir", str(workdir), "--prompt", "x", "--out", str(tmp_path / "x.gif"),
+                    "--num-frames", "16", "--frame-offset", "2", check=False)
+  assert pyramid.returncode == 2 and "--frame-offset" in pyramid.stderr
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):

@@ -55,14 +55,17 @@ def test_validation_lists_every_problem():
   c.sample.steps = 5000
   c.diffusion.high_noise_prob, c.diffusion.high_noise_from = 1.5, 1.0
   c.model.position_features = -1
+  c.diffusion.frame_noise_prob = -0.1
+  c.sample.frame_offset = -1
   with pytest.raises(validation.ConfigError) as e:
     validation.validate_vdm(c, num_devices=8)
   msg = str(e.value)
   for needle in ("data.image_size=15", "diffusion.prediction='score'", "train.batch_size/grad_accum=6",
                  "optim.ema_decay=1.5", "sample.steps=5000", "diffusion.high_noise_prob=1.5",
-                 "diffusion.high_noise_from=1.0", "model.position_features=-1"):
+                 "diffusion.high_noise_from=1.0", "model.position_features=-1",
+                 "diffusion.frame_noise_prob=-0.1", "sample.frame_offset=-1"):
     assert needle in msg, msg
-  assert len(e.value.problems) == 8
+  assert len(e.value.problems) == 10
 
 
 def test_mesh_degrees_checked():

@@ -427,3 +427,19 @@ def test_sample_timesteps_uniform_by_default_and_high_noise_mass_when_asked():
     losses.sample_timesteps(key, 4, 1000, high_noise_prob=1.5)
   with pytest.raises(ValueError, match="high_noise_from"):
     losses.sample_timesteps(key, 4, 1000, high_noise_prob=0.5, high_noise_from=1.0)
+
+
+def test_frame_timesteps_mix_shared_and_independent_per_frame_levels():
+  from vidgen_jax.diffusion import losses
+  key = jax.random.key(5)
+  t = jnp.arange(6) * 100
+  np.testing.assert_array_equal(losses.frame_timesteps(key, t, 4, 1000, 0.0), np.repeat(t[:, None], 4, 1))
+  t = jax.random.randint(key, (4000,), 0, 1000)
+  ft = np.asarray(losses.frame_timesteps(jax.random.key(6), t, 8, 1000, 0.5))
+  assert ft.shape == (4000, 8) and ft.min() >= 0 and ft.max() < 1000
+  shared = (ft == ft[:, :1]).all(axis=1)
+  assert abs(shared.mean() - 0.5) < 0.03                       # half the clips keep one level ...
+  np.testing.assert_array_equal(ft[shared, 0], np.asarray(t)[shared])   # ... the clip's own t
+  assert np.std(ft[~shared], axis=1).mean() > 200              # the rest: independent uniform levels
+  with pytest.raises(ValueError, match="frame_noise_prob"):
+    losses.frame_timesteps(key, t, 8, 1000, 1.5)

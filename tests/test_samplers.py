@@ -252,3 +252,55 @@ def test_cli_and_config_validation_accept_dpmpp2m():
   assert validation.vdm_problems(c, num_devices=8) == []
   c.sample.sampler = "euler"
   assert any("sample.sampler" in p for p in validation.vdm_problems(c, num_devices=8))
+
+
+# ---------------------------------------------------------------------------------- pyramid sampling
+
+
+def test_pyramid_timesteps_delay_each_frame_and_visit_every_step_in_order():
+  steps, frames, offset = 6, 4, 2
+  now, nxt = samplers.pyramid_timesteps(1000, steps, frames, offset)
+  seq = samplers.sampling_timesteps(1000, steps)
+  assert now.shape == nxt.shape == (steps + offset * (frames - 1), frames)
+  np.testing.assert_array_equal(now[1:], nxt[:-1])
+  assert (nxt[-1] == -1).all()
+  for f in range(frames):
+    moves = now[:, f] != nxt[:, f]
+    np.testing.assert_array_equal(now[moves, f], seq)          # every DDIM step once, in order ...
+    assert np.argmax(moves) == offset * f                      # ... starting offset·f iterations late
+  assert (np.diff(np.where(now < 0, -1, now), axis=1) >= 0).all()   # earlier frames never noisier
+  np.testing.assert_array_equal(samplers.pyramid_timesteps(1000, steps, frames, 0)[0][:, 0], seq)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_pyramid_ddim_equals_ddim_for_a_per_element_denoiser(eta):
+  """Frames of i.i.d. Gaussian data are independent, so delaying some of them changes nothing: every frame
+  takes the same DDIM steps with its own noise (eta > 0 only changes which draw a step uses)."""
+  sched = _cosine()
+  model_fn = _gaussian_oracle(sched, "x0")
+  shape = (2, 5, 4, 4, 3)
+  plain = samplers.ddim_sample(model_fn, sched, shape, jax.random.key(0), num_steps=12, prediction="x0",
+                               clip_denoised=False)
+  for offset in (1, 4):
+    pyramid = samplers.ddim_sample(model_fn, sched, shape, jax.random.key(0), num_steps=12, eta=0.0,
+                                   prediction="x0", clip_denoised=False, frame_offset=offset)
+    np.testing.assert_allclose(pyramid, plain, atol=1e-5)
+  noisy = samplers.ddim_sample(model_fn, sched, shape, jax.random.key(0), num_steps=12, eta=eta,
+                               prediction="x0", clip_denoised=False, frame_offset=2)
+  assert np.isfinite(noisy).all() and noisy.std() > 0.1
+
+
+def test_pyramid_ddim_calls_the_model_with_per_frame_times_and_denoises_earlier_frames_first():
+  sched = _cosine()
+  seen = []
+
+  def model_fn(x, t):
+    seen.append(t)
+    return _point_oracle(sched, 0.25, "x0")(x, t)
+
+  out = samplers.ddim_sample(model_fn, sched, (1, 3, 2, 2, 1), jax.random.key(1), num_steps=5, prediction="x0",
+                             frame_offset=3)
+  np.testing.assert_allclose(out, 0.25, atol=1e-5)             # the last step of each frame returns x0
+  assert seen[0].shape == (1, 3)                               # traced once by the scan, per-frame times
+  with pytest.raises(ValueError, match="frame_offset"):
+    samplers.pyramid_timesteps(1000, 5, 3, -1)

@@ -532,3 +532,18 @@ def test_temporal_conv_resnets_start_as_the_reference_and_learn_from_there():
   grads = _flat(jax.grad(lambda p: (model.apply({"params": p}, inp["x"], inp["time"]) ** 2).sum())(
       unflat(params)))
   assert all(np.abs(np.asarray(grads[k])).max() > 0 for k in names)
+
+
+def test_per_frame_time_matches_shared_time_and_conditions_each_frame():
+  """time (B, T): equal per-frame times give the (B,) output; a frame's own time changes that frame."""
+  model, params, inp = _setup(dict(TINY, cond_dim=6), seed=4)
+  apply = jax.jit(lambda t: model.apply({"params": params}, inp["x"], t, inp["cond"]))
+  shared = np.asarray(apply(inp["time"]))
+  tiled = np.repeat(inp["time"][:, None], T, axis=1)
+  np.testing.assert_allclose(apply(tiled), shared, atol=1e-5)
+  mixed = tiled.copy()
+  mixed[:, 1] = 500
+  out = np.asarray(apply(mixed))
+  assert np.abs(out[:, 1] - shared[:, 1]).max() > 1e-3
+  with pytest.raises(ValueError, match="per-frame time"):
+    model.apply({"params": params}, inp["x"], tiled[:, :T - 1], inp["cond"])

@@ -3,7 +3,7 @@
   vidgen train  --config configs/<file>.py[:args] --workdir DIR [--config.key=value ...] [--multihost]
   vidgen sample --workdir DIR --prompt "a red circle moving left" [--prompt ...] --num-samples N --seed S --out FILE
                 [--num-frames 32] [--segment-frames 8] [--given VIDEO --given-frames 2] [--lowres VIDEO]
-                [--method reconstruction|replacement] [--guidance-weight W]
+                [--method reconstruction|replacement|clean] [--guidance-weight W]
   vidgen eval   --workdir DIR [--num-samples N] [--seed S] [--task extension|prediction [--method M]]
   vidgen evaluator train [--out FILE] [--steps N]    rebuild the shapes evaluator (deterministic)
   vidgen evaluator test [--weights FILE]             its accuracy on held-out real clips
@@ -60,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
   c.add_argument("--given-frames", type=int, default=2, help="how many first frames of --given to keep")
   c.add_argument("--lowres", default=None, metavar="VIDEO",
                  help="super-resolve this low-resolution video (its side must divide the model's)")
-  c.add_argument("--method", choices=("reconstruction", "replacement"), default="reconstruction",
-                 help="how known frames condition the sampler (replacement: the baseline)")
+  c.add_argument("--method", choices=("reconstruction", "replacement", "clean"), default="reconstruction",
+                 help="how known frames condition the sampler (replacement: the baseline; clean: known "
+                      "frames at timestep 0, for models trained with diffusion.frame_noise_prob > 0)")
   c.add_argument("--guidance-weight", type=float, default=None,
                  help="reconstruction guidance weight w_r (default: config sample.reconstruction_weight)")
   c.add_argument("--overlap", type=int, default=None, help="known frames per extension window (default: half)")
@@ -71,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("--num-samples", type=int, default=None, help="samples per prompt (default: config)")
   e.add_argument("--seed", type=int, default=0)
   e.add_argument("--sweep", default=None, metavar="NAME=V1,V2,...",
-                 help="evaluate once per value of cond_scale or steps; writes eval/sweep_NAME.{json,png}")
+                 help="evaluate once per value of cond_scale, steps or frame_offset; writes "
+                      "eval/sweep_NAME.{json,png}")
   _sampling_flags(e)
   e.add_argument("--task", choices=("generation", "extension", "prediction", "superres"), default="generation",
                  help="extension: --num-frames long videos scored segment by segment; prediction: continue "
@@ -79,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("--factor", type=int, default=2, help="superres: downsampling factor of the input")
   e.add_argument("--num-frames", type=int, default=32, help="extension: frames per video")
   e.add_argument("--given-frames", type=int, default=2, help="prediction: given frames")
-  e.add_argument("--method", choices=("reconstruction", "replacement"), default="reconstruction")
+  e.add_argument("--method", choices=("reconstruction", "replacement", "clean"), default="reconstruction")
   e.add_argument("--guidance-weight", type=float, default=None, help="reconstruction guidance weight w_r")
   e.add_argument("--overlap", type=int, default=None, help="extension: known frames per window")
 
@@ -173,7 +175,21 @@ def _sampling_flags(p):
                  help="dpmpp2m: DPM-Solver++(2M), second order, for few steps")
   p.add_argument("--steps", type=int, default=None, help="sampler steps (ddim, dpmpp2m)")
   p.add_argument("--cond-scale", type=float, default=None, help="classifier-free guidance weight")
+  p.add_argument("--frame-offset", type=int, default=None,
+                 help="video diffusion, ddim: pyramid sampling, frame f starts this many steps after frame f-1 "
+                      "(needs a model trained with diffusion.frame_noise_prob > 0; default: config)")
   p.add_argument("--fps", type=int, default=8)
+
+
+def _check_frame_offset(args, family, conditional):
+  """--frame-offset applies to plain video-diffusion generation only; anything else is a clear error."""
+  if args.frame_offset is None:
+    return
+  if args.frame_offset < 0:
+    raise ValueError("--frame-offset must be >= 0")
+  if family != "vdm" or conditional:
+    raise ValueError("--frame-offset (pyramid sampling) applies to plain video-diffusion generation, not to a "
+                     "Phenaki workdir, long videos, stories, prediction or super-resolution")
 
 
 def _split_overrides(argv):
@@ -262,6 +278,8 @@ def _sample(args) -> int:
   if family != "vdm" and (args.lowres or args.given or args.num_frames):
     raise ValueError("--lowres, --given and --num-frames are video-diffusion features; a Phenaki workdir makes "
                      "stories with several --prompt and --segment-frames")
+  _check_frame_offset(args, family, args.segment_frames is not None or args.lowres is not None
+                      or args.given is not None or bool(args.num_frames))
   sampling = dict(sampler=args.sampler, steps=args.steps, cond_scale=args.cond_scale)
   conditional = dict(method=args.method, guidance_weight=args.guidance_weight, overlap=args.overlap)
   window = gen.config.data.num_frames
@@ -287,7 +305,8 @@ def _sample(args) -> int:
       videos = gen.generate_long([[p] for p in labels], seed=args.seed, num_frames=args.num_frames or window,
                                  given=given, **conditional, **sampling)
     else:
-      videos = gen.generate(labels, seed=args.seed, **sampling)
+      frame_offset = {} if args.frame_offset is None else {"frame_offset": args.frame_offset}
+      videos = gen.generate(labels, seed=args.seed, **sampling, **frame_offset)
   prompts = labels
   ncols = args.num_samples if args.num_samples > 1 else math.ceil(math.sqrt(len(prompts)))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -300,11 +319,17 @@ def _sample(args) -> int:
 def _eval(args) -> int:
   import json
   from vidgen_jax.eval import run_eval
+  from vidgen_jax.train import checkpoint as ckpt_lib
+  family = ckpt_lib.read_config(args.workdir).get("family", "vdm")
+  _check_frame_offset(args, family, args.task != "generation")
   if args.sweep:
     name, sep, values = args.sweep.partition("=")
+    if name == "frame_offset" and family != "vdm":
+      raise ValueError("--sweep frame_offset (pyramid sampling) applies to video-diffusion workdirs only")
     if not sep or not values:
       raise ValueError(f"--sweep {args.sweep!r}: expected NAME=V1,V2,..., e.g. cond_scale=1,3,6")
-    sampling = dict(sampler=args.sampler, steps=args.steps, cond_scale=args.cond_scale)
+    sampling = dict(sampler=args.sampler, steps=args.steps, cond_scale=args.cond_scale,
+                    frame_offset=args.frame_offset)
     sampling.pop(name, None)
     result = run_eval.sweep(args.workdir, name, values.split(","), num_samples=args.num_samples,
                             seed=args.seed, step=args.step, fps=args.fps, **sampling)
@@ -314,8 +339,7 @@ def _eval(args) -> int:
             f"FED seen {g['seen']['fed']:.1f} held-out {g['heldout']['fed']:.1f}")
     print("wrote " + " and ".join(result["files"]))
     return 0
-  from vidgen_jax.train import checkpoint as ckpt_lib
-  if ckpt_lib.read_config(args.workdir).get("family") == "cvivit":
+  if family == "cvivit":
     from vidgen_jax.eval import tokenizer_eval
     result = tokenizer_eval.evaluate_workdir(args.workdir, num_samples=args.num_samples or 4, seed=args.seed,
                                              step=args.step)
@@ -337,7 +361,7 @@ def _eval(args) -> int:
     return 0
   metrics = run_eval.evaluate_workdir(args.workdir, num_samples=args.num_samples, seed=args.seed,
                                       step=args.step, sampler=args.sampler, steps=args.steps,
-                                      cond_scale=args.cond_scale, fps=args.fps)
+                                      cond_scale=args.cond_scale, frame_offset=args.frame_offset, fps=args.fps)
   print(run_eval.headline(metrics))
   print(f"wrote {metrics['dir']}/metrics.json and grid.png")
   return 0

@@ -17,6 +17,11 @@ any sampler of `samplers` runs with prediction='x0':
 
 The gradient costs one backward pass through the (guided) model per step. The error is a sum over the
 observed elements of each sample, so w_r does not depend on the batch size.
+
+A third method needs a model trained with per-frame noise levels (diffusion.frame_noise_prob > 0):
+* 'clean' (Diffusion Forcing, Chen et al. 2024): the known frames enter the model as they are, noise-free,
+  with timestep 0, while the unknown frames carry the sampler's timestep; the model continues the video
+  from frames it sees exactly, with no extra backward pass. Known frames of x̂0 are pasted.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -27,7 +32,7 @@ import jax.numpy as jnp
 from vidgen_jax.diffusion import gaussian
 from vidgen_jax.diffusion.schedules import extract
 
-METHODS = ("replacement", "reconstruction")
+METHODS = ("replacement", "reconstruction", "clean")
 
 
 @dataclass(frozen=True)
@@ -84,15 +89,15 @@ def conditioned_x0_fn(x0_fn, sched, obs: Observation, *, method: str = "reconstr
   """Wraps `x0_fn(z_t, t) -> x̂0` into the conditioned x0 predictor of `method` (module docstring).
 
   `rng` draws the replacement noise (folded with the step's t, so each step gets fresh noise); it is needed
-  whenever obs.known_frames is set. `weight` (w_r) may be traced; it is unused by 'replacement'.
+  whenever obs.known_frames is set, except by 'clean'. `weight` (w_r) may be traced; it is unused by 'replacement'.
   """
   if method not in METHODS:
     raise ValueError(f"conditioning method {method!r} unknown; choose one of {METHODS}")
   known = obs.known_frames
-  if method == "replacement" and known is None:
-    raise ValueError("the replacement method needs known frames (Observation.known_frames); for other "
+  if method in ("replacement", "clean") and known is None:
+    raise ValueError(f"the {method} method needs known frames (Observation.known_frames); for other "
                      "observations (super-resolution) use method='reconstruction'")
-  if known is not None and rng is None:
+  if known is not None and rng is None and method != "clean":
     raise ValueError("conditioning on known frames needs an rng for the replacement noise")
 
   def replace(z, t):
@@ -105,6 +110,9 @@ def conditioned_x0_fn(x0_fn, sched, obs: Observation, *, method: str = "reconstr
     return x0 if obs.project is None else obs.project(x0)
 
   def fn(z, t):
+    if method == "clean":
+      per_frame = jnp.broadcast_to(jnp.reshape(t, t.shape + (1,) * (2 - t.ndim)), known.shape)
+      return paste(x0_fn(jnp.where(_frames(known), obs.y, z), jnp.where(known, 0, per_frame)))
     z = replace(z, t)
     if method == "replacement":
       return paste(x0_fn(z, t))

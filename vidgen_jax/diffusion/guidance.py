@@ -19,7 +19,7 @@ def _double_batch(tree):
 def make_guided_fn(apply_fn, cond_scale):
   """Wraps `apply_fn(x, t, null, *args, **kwargs) -> out` into a guided `fn(x, t, *args, **kwargs) -> out`.
 
-  `null` is a (B,) bool array: True drops the conditioning (null embedding) for that sample. Both passes run
+  t is a scalar, (B,) or per-frame (B, T). `null` is a (B,) bool array: True drops the conditioning (null embedding) for that sample. Both passes run
   in ONE call on a doubled batch ([x, x], null = [False]*B + [True]*B); every leaf of args/kwargs (e.g. text
   embeddings and masks) must have the batch as leading axis and is doubled too. When cond_scale is a Python
   number equal to 1 only the conditional pass runs; otherwise cond_scale may be a traced scalar.
@@ -29,7 +29,8 @@ def make_guided_fn(apply_fn, cond_scale):
     if _is_static_one(cond_scale):
       return apply_fn(x, t, jnp.zeros((batch,), jnp.bool_), *args, **kwargs)
     null = jnp.concatenate([jnp.zeros((batch,), jnp.bool_), jnp.ones((batch,), jnp.bool_)])
-    t = jnp.broadcast_to(jnp.asarray(t), (batch,))
+    t = jnp.asarray(t)
+    t = jnp.broadcast_to(t, (batch,)) if t.ndim == 0 else t
     out = apply_fn(*_double_batch((x, t)), null, *_double_batch(args), **_double_batch(kwargs))
     return cfg_combine(out[:batch], out[batch:], cond_scale)
 

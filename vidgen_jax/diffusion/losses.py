@@ -27,6 +27,25 @@ def sample_timesteps(rng, batch, num_timesteps, high_noise_prob=0.0, high_noise_
   return jnp.where(jax.random.bernoulli(k_pick, high_noise_prob, (batch,)), high, t)
 
 
+def frame_timesteps(rng, t, frames, num_timesteps, frame_noise_prob):
+  """(B, frames) per-frame timesteps: with probability `frame_noise_prob` a sample's frames get independent
+  uniform timesteps over [0, T) (Diffusion Forcing, Chen et al. 2024), otherwise every frame gets t (B,).
+
+  Mixed noise levels inside a clip train the model to continue the video from the frames it sees well into
+  the ones it barely sees, the same skill video prediction and pyramid sampling (`sample.frame_offset`) ask
+  of it; the shared-t samples keep it a plain video denoiser. frame_noise_prob=0 returns t tiled.
+  """
+  if not 0.0 <= frame_noise_prob <= 1.0:
+    raise ValueError(f"frame_noise_prob must be in [0, 1], got {frame_noise_prob}")
+  tiled = jnp.broadcast_to(t[:, None], (t.shape[0], frames))
+  if frame_noise_prob == 0.0:
+    return tiled
+  k_t, k_pick = jax.random.split(rng)
+  independent = jax.random.randint(k_t, (t.shape[0], frames), 0, num_timesteps)
+  pick = jax.random.bernoulli(k_pick, frame_noise_prob, (t.shape[0], 1))
+  return jnp.where(pick, independent, tiled)
+
+
 def training_target(sched, x0, t, noise, prediction="eps"):
   """Regression target for the model output: the noise ('eps', the reference), v ('v') or x0 ('x0')."""
   if prediction == "eps":

@@ -109,17 +109,42 @@ def _alpha_cumprod_prev(sched, t_prev, x_shape):
   return ab.reshape(ab.shape + (1,) * (len(x_shape) - ab.ndim))
 
 
+def pyramid_timesteps(num_timesteps, num_steps, frames, frame_offset):
+  """Per-frame DDIM schedule of pyramid sampling: (t_now, t_next), each (num_iterations, frames) int32.
+
+  Frame f runs the `sampling_timesteps(T, num_steps)` sequence delayed by `frame_offset * f` iterations, so
+  earlier frames are always at least as clean as later ones; −1 marks a finished (clean) frame. There are
+  num_steps + frame_offset * (frames − 1) iterations; in each, a frame moves one step or (waiting at T−1,
+  or finished) stays where it is. frame_offset=0 is plain DDIM with every frame in step.
+  """
+  if frame_offset < 0:
+    raise ValueError(f"frame_offset must be >= 0, got {frame_offset}")
+  times = np.append(sampling_timesteps(num_timesteps, num_steps), -1).astype(np.int32)
+  iters = num_steps + frame_offset * (frames - 1)
+  index = np.clip(np.arange(iters + 1)[:, None] - frame_offset * np.arange(frames)[None, :], 0, num_steps)
+  return times[index[:-1]], times[index[1:]]
+
+
 def ddim_sample(model_fn, sched, shape, rng, *, num_steps=50, eta=0.0, prediction="eps", clip_denoised=True,
-                dynamic_threshold_pct=None, x_T=None):
+                dynamic_threshold_pct=None, x_T=None, frame_offset=0):
   """DDIM (Song et al.) over `sampling_timesteps(T, num_steps)`, returning x0 of `shape`.
 
   From index t to the next index t' (ā' = 1 after the last one, so the last step returns the predicted x0):
   x_{t'} = sqrt(ā')·x0 + sqrt(1 − ā' − σ²)·eps + σ·z with σ = eta·sqrt((1 − ā')/(1 − ā))·sqrt(1 − ā/ā').
   eta=0 is deterministic; eta=1 with num_steps=T matches DDPM's posterior variance. With clipping, eps is
   recomputed from the clipped x0 before the update. `num_steps` must be a Python int; eta may be traced.
+
+  frame_offset > 0 (static) samples as a pyramid (Diffusion Forcing, Chen et al. 2024): frame f starts
+  frame_offset·f steps after frame 0 (`pyramid_timesteps`), and the model is called with per-frame
+  timesteps t of shape (B, T) (finished frames at index 0), so each frame is denoised with the earlier,
+  cleaner frames in view. It needs a model trained with per-frame noise levels (diffusion.frame_noise_prob)
+  and costs num_steps + frame_offset·(T − 1) model calls.
   """
   _check_threshold_args(clip_denoised, dynamic_threshold_pct)
   x, loop_rng = _initial_noise(rng, shape, x_T)
+  if frame_offset:
+    return _pyramid_ddim(model_fn, sched, x, loop_rng, num_steps, eta, prediction, clip_denoised,
+                         dynamic_threshold_pct, frame_offset)
   times = sampling_timesteps(sched.num_timesteps, num_steps)
   times_prev = np.concatenate([times[1:], np.array([-1], np.int32)])
   deterministic = isinstance(eta, (int, float)) and eta == 0
@@ -140,6 +165,30 @@ def ddim_sample(model_fn, sched, shape, rng, *, num_steps=50, eta=0.0, predictio
     return x_prev + dir_coef * eps + sigma * noise, None
 
   x, _ = jax.lax.scan(step, x, (jnp.asarray(times), jnp.asarray(times_prev)))
+  return x
+
+
+def _pyramid_ddim(model_fn, sched, x, loop_rng, num_steps, eta, prediction, clip_denoised,
+                  dynamic_threshold_pct, frame_offset):
+  """`ddim_sample`'s loop with one timestep per frame (see `pyramid_timesteps`)."""
+  shape = x.shape
+  t_now, t_next = pyramid_timesteps(sched.num_timesteps, num_steps, shape[1], frame_offset)
+
+  def step(x, xs):
+    now, nxt, i = xs
+    t = jnp.broadcast_to(jnp.maximum(now, 0), shape[:2])
+    x0, eps = _denoised_x0_eps(model_fn, sched, x, t, prediction, clip_denoised, dynamic_threshold_pct)
+    ab = _alpha_cumprod_prev(sched, jnp.broadcast_to(now, shape[:2]), shape)
+    ab_next = _alpha_cumprod_prev(sched, jnp.broadcast_to(nxt, shape[:2]), shape)
+    sigma = eta * jnp.sqrt((1.0 - ab_next) / jnp.maximum(1.0 - ab, 1e-12) * (1.0 - ab / ab_next))
+    noise = jax.random.normal(jax.random.fold_in(loop_rng, i), shape, jnp.float32)
+    dir_coef = jnp.sqrt(jnp.maximum(1.0 - ab_next - sigma**2, 0.0))
+    x_next = jnp.sqrt(ab_next) * x0 + dir_coef * eps + sigma * noise
+    moving = (now != nxt).reshape((1, shape[1]) + (1,) * (len(shape) - 2))
+    return jnp.where(moving, x_next, x), None
+
+  xs = (jnp.asarray(t_now), jnp.asarray(t_next), jnp.arange(t_now.shape[0]))
+  x, _ = jax.lax.scan(step, x, xs)
   return x
 
 

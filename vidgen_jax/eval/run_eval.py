@@ -104,6 +104,7 @@ def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: s
   pairs = eval_prompts()
   prompts = [p for p, _ in pairs for _ in range(n)]
   splits = [s for _, s in pairs for _ in range(n)]
+  sampling = {k: v for k, v in sampling.items() if v is not None}
   t0 = time.time()
   videos = gen.generate(prompts, seed=seed, **sampling)
   seconds = time.time() - t0
@@ -148,7 +149,7 @@ def headline(metrics: dict) -> str:
   return "\n".join(lines)
 
 
-SWEEPABLE = {"cond_scale": float, "steps": int}
+SWEEPABLE = {"cond_scale": float, "steps": int, "frame_offset": int}
 
 
 def sweep(workdir, name: str, values, num_samples=None, seed: int = 0, step=None, **sampling) -> dict:

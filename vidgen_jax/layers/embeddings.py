@@ -22,7 +22,7 @@ def fourier_grid_embedding(height, width, num_freqs):
 
 
 def sinusoidal_embedding(x, dim):
-  """(B,) positions or timesteps -> (B, dim) float32 [sin | cos] embedding (video-diffusion SinusoidalPosEmb).
+  """(...) positions or timesteps -> (..., dim) float32 [sin | cos] embedding (video-diffusion SinusoidalPosEmb).
 
   Frequencies are exp(-log(10000) * i / (half - 1)) for i < half = dim // 2; timesteps are used unscaled.
   """
@@ -30,7 +30,7 @@ def sinusoidal_embedding(x, dim):
   if half < 2:
     raise ValueError(f"sinusoidal embedding needs dim >= 4, got {dim}")
   freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000) / (half - 1)))
-  angles = jnp.asarray(x, jnp.float32)[:, None] * freqs[None, :]
+  angles = jnp.asarray(x, jnp.float32)[..., None] * freqs
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 

@@ -74,6 +74,10 @@ _SPATIAL_DIM_HEAD = 32  # hard-wired in the reference for linear and mid spatial
 class Unet3D(nn.Module):
   """video-diffusion-pytorch Unet3D. Call: (x (B,T,H,W,C), time (B,), cond (B, cond_dim)) -> (B,T,H,W,out).
 
+  `time` may also be (B, T): one noise level per frame (our addition, for per-frame noise training and
+  pyramid sampling, `diffusion.frame_noise_prob` / `sample.frame_offset`); every frame then gets its own
+  time embedding in FiLM. Equal per-frame times give the (B,) result.
+
   Keyword inputs: `null_cond` (B,) bool replaces cond by the learned `null_cond_emb` and masks all text
   tokens; `text_tokens` (B, L, text_token_dim) with `text_mask` (B, L) bool (True = real token);
   `focus_present_mask` (B,) bool stops temporal attention (except the initial one) mixing frames.
@@ -220,6 +224,11 @@ class Unet3D(nn.Module):
     x = temporal("init_temporal_attn")(blocks.constrain_video(x), pos_bias, group_mask)
     r = x
 
+    time = jnp.asarray(time)
+    if time.ndim == 2 and time.shape != (batch, frames):
+      raise ValueError(f"per-frame time must be (B, T) = {(batch, frames)}, got {time.shape}")
+    if time.ndim not in (1, 2):
+      raise ValueError(f"time must be (B,) or (B, T), got {time.shape}")
     emb = blocks.TimestepMLP(self.dim, name="time_mlp")(time)
     if self.cond_dim is not None:
       null_emb = self.param("null_cond_emb", nn.with_logical_partitioning(
@@ -232,8 +241,10 @@ class Unet3D(nn.Module):
       if self.text_cond_mlp:
         cond = cond + blocks.TokenPoolMLP(self.text_cond_mlp, self.cond_dim, name="text_cond_mlp")(*text)
     if self.cond_dim is not None:
-      if per_frame:
+      if per_frame and emb.ndim == 2:
         emb = jnp.broadcast_to(emb[:, None], (batch, frames, emb.shape[-1]))
+      if emb.ndim == 3 and cond.ndim == 2:
+        cond = jnp.broadcast_to(cond[:, None], (batch, frames, cond.shape[-1]))
       emb = jnp.concatenate([emb, cond], axis=-1)
     if self.frame_cond_mlp:
       emb = blocks.FrameCondMLP(self.frame_cond_mlp, name="frame_cond_mlp")(emb, frames)

@@ -49,17 +49,20 @@ class Generator:
     return cls(run, state.ema_params, int(state.step), chunk)
 
   @functools.lru_cache(maxsize=8)
-  def _fn(self, batch, sampler, steps, cond_scale):
-    kw = {k: v for k, v in dict(sampler=sampler, steps=steps, cond_scale=cond_scale).items() if v is not None}
+  def _fn(self, batch, sampler, steps, cond_scale, frame_offset=None):
+    kw = {k: v for k, v in dict(sampler=sampler, steps=steps, cond_scale=cond_scale,
+                                frame_offset=frame_offset).items() if v is not None}
     return vdm.make_sample_fn(self.run.model, self.run.sched, self.run.config, **kw)
 
-  def generate(self, prompts, seed: int = 0, *, sampler=None, steps=None, cond_scale=None) -> np.ndarray:
-    """uint8 videos (N, T, H, W, 3), one per prompt; reproducible from `seed`."""
+  def generate(self, prompts, seed: int = 0, *, sampler=None, steps=None, cond_scale=None,
+               frame_offset=None) -> np.ndarray:
+    """uint8 videos (N, T, H, W, 3), one per prompt; reproducible from `seed`. `frame_offset` > 0 samples
+    as a pyramid (`samplers.ddim_sample`); None takes config.sample.frame_offset."""
     prompts = [str(p) for p in prompts]
     if not prompts:
       raise ValueError("no prompts given")
     batch = min(self.chunk, len(prompts))
-    fn = self._fn(batch, sampler, steps, cond_scale)
+    fn = self._fn(batch, sampler, steps, cond_scale, frame_offset)
     out = []
     with self.run.context():
       for i in range(0, len(prompts), batch):
@@ -109,8 +112,13 @@ class Generator:
     frames per prompt form a story (num_frames defaults to their total). given: optional uint8
     (N, k, H, W, 3) first frames to continue (video prediction). overlap: known frames per extension
     window (default half the model's window). method: 'reconstruction' (guidance weight `guidance_weight`,
-    default config.sample.reconstruction_weight) or 'replacement'.
+    default config.sample.reconstruction_weight), 'replacement', or 'clean' (known frames enter the model
+    noise-free at timestep 0: needs a model trained with diffusion.frame_noise_prob > 0).
     """
+    if method == "clean" and not self.config.diffusion.get("frame_noise_prob", 0.0):
+      raise ValueError("method 'clean' feeds known frames at timestep 0 while the others are noisy: it needs a "
+                       "model trained with per-frame noise levels (diffusion.frame_noise_prob > 0); this one "
+                       "was not, use reconstruction or replacement")
     stories = [[str(p) for p in s] for s in stories]
     if not stories or any(len(s) != len(stories[0]) or not s for s in stories):
       raise ValueError("give every video the same, non-zero number of prompts")

@@ -64,7 +64,7 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
   _positive(p, "diffusion.timesteps", df.timesteps)
   if not df.get("schedule_shift", 1.0) > 0:
     p.append(f"diffusion.schedule_shift={df.schedule_shift}: must be > 0 (1 = unshifted)")
-  for name in ("cfg_drop_prob", "prob_focus_present", "high_noise_prob"):
+  for name in ("cfg_drop_prob", "prob_focus_present", "high_noise_prob", "frame_noise_prob"):
     v = df.get(name, 0.0)
     if not 0.0 <= v <= 1.0:
       p.append(f"diffusion.{name}={v}: must be a probability in [0, 1]")
@@ -74,6 +74,11 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
   _choice(p, "sample.sampler", s.sampler, ("ddim", "ddpm", "dpmpp2m"))
   if not 1 <= s.steps <= df.timesteps:
     p.append(f"sample.steps={s.steps}: must be between 1 and diffusion.timesteps={df.timesteps}")
+  offset = s.get("frame_offset", 0)
+  if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+    p.append(f"sample.frame_offset={offset!r}: must be a non-negative integer (sampler steps between frames)")
+  if offset and s.sampler != "ddim":
+    p.append(f"sample.frame_offset={offset} (pyramid sampling) needs sample.sampler=ddim, got {s.sampler!r}")
   if s.cond_scale < 0:
     p.append(f"sample.cond_scale={s.cond_scale}: must be >= 0")
   if s.get("reconstruction_weight", 0.0) < 0:

@@ -157,14 +157,19 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   """Per-batch mean diffusion loss; condition dropout and focus-present masks drawn here, not in the model.
 
   num_images > 0 trains jointly on videos and images (`append_images`); condition dropout is then drawn
-  per group (the video and each image independently), the timestep per sample.
+  per group (the video and each image independently), the timestep per sample. diffusion.frame_noise_prob
+  > 0 gives that fraction of the samples one independent timestep per frame (`losses.frame_timesteps`).
   """
   k_t, k_noise, k_null, k_focus, k_images = jax.random.split(rng, 5)
+  k_frame_t = jax.random.fold_in(k_t, 1)
   batch = append_images(batch, num_images, k_images)
   x0 = to_model_space(batch["video"])
   b, frames = x0.shape[:2]
   t = losses.sample_timesteps(k_t, b, sched.num_timesteps, diffusion_cfg.get("high_noise_prob", 0.0),
                               diffusion_cfg.get("high_noise_from", 0.8))
+  frame_noise_prob = diffusion_cfg.get("frame_noise_prob", 0.0)
+  if frame_noise_prob:
+    t = losses.frame_timesteps(k_frame_t, t, frames, sched.num_timesteps, frame_noise_prob)
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = gaussian.q_sample(sched, x0, t, noise)
   target = losses.training_target(sched, x0, t, noise, diffusion_cfg.prediction)
@@ -211,12 +216,13 @@ def train_step(state: state_lib.TrainState, batch, *, model, tx, sched, config):
 
 
 def sample(params, rng, text_tokens, text_mask, *, model, sched, config, num_frames=None, image_size=None,
-           sampler=None, steps=None, cond_scale=None, observation=None, method="reconstruction",
-           guidance_weight=1.0):
+           sampler=None, steps=None, cond_scale=None, frame_offset=None, observation=None,
+           method="reconstruction", guidance_weight=1.0):
   """Generates videos in [-1, 1], one per row of text_tokens, with classifier-free guidance.
 
   `observation` (a `conditioning.Observation`: known frames or a low-resolution video, in [-1, 1]) makes it
   a conditional sampler: `method` 'replacement' or 'reconstruction' (guidance weight `guidance_weight`).
+  Unset sampler, steps, cond_scale and frame_offset (pyramid sampling) come from config.sample.
   """
   s, d = config.sample, config.data
   sampler = sampler or s.sampler
@@ -238,8 +244,14 @@ def sample(params, rng, text_tokens, text_mask, *, model, sched, config, num_fra
         conditioning.model_x0_fn(model_fn, sched, config.diffusion.prediction), sched, observation,
         method=method, weight=guidance_weight, rng=cond_rng)
     common["prediction"] = "x0"
+  frame_offset = s.get("frame_offset", 0) if frame_offset is None else frame_offset
+  if frame_offset and (sampler != "ddim" or observation is not None):
+    raise ValueError(f"sample.frame_offset={frame_offset} (pyramid sampling) needs sampler ddim and no "
+                     f"conditioning observation, got sampler {sampler!r}"
+                     + (" with an observation" if observation is not None else ""))
   if sampler == "ddim":
-    return samplers.ddim_sample(model_fn, sched, shape, rng, num_steps=steps, eta=s.eta, **common)
+    return samplers.ddim_sample(model_fn, sched, shape, rng, num_steps=steps, eta=s.eta,
+                                frame_offset=frame_offset, **common)
   if sampler == "ddpm":
     return samplers.ddpm_sample(model_fn, sched, shape, rng, **common)
   if sampler == "dpmpp2m":
