@@ -69,6 +69,10 @@ def get_config(arg=None):
   c.model.attn_heads = heads
   c.model.attn_dim_head = dim_head
   c.model.patch_size = patch        # space-to-depth: the U-Net runs at image_size / patch_size
+  # >1: also fold this many consecutive frames into one U-Net frame (tubelets, like C-ViViT's patches; our
+  # addition): motion inside a tubelet becomes local, and the U-Net costs ~1/temporal_patch_size as much.
+  # Needs frame_noise_prob = 0, joint_images = 0 and num_frames divisible by it. 1 = per-frame (reference).
+  c.model.temporal_patch_size = v.get("temporal_patch", 1)
   c.model.init_kernel_size = 7
   c.model.use_sparse_linear_attn = v["linear_attn"]
   c.model.cross_attention = True    # attend to text tokens (our addition); False = reference architecture
@@ -115,7 +119,9 @@ def get_config(arg=None):
   # Per-frame noise levels (Diffusion Forcing, our addition): with this probability a training clip gets
   # one independent timestep per frame instead of one for the clip (0 = the reference). The model then
   # learns to continue a video from frames it sees well into frames it barely sees, which pyramid sampling
-  # (sample.frame_offset) and video prediction use.
+  # (sample.frame_offset) and video prediction use. Measured on the demo (0.5, 2000 steps, motion seen /
+  # held-out): 10 / 14% with plain DDIM, 15 / 18% with frame_offset 4; continuing 2 clean real frames
+  # (--method clean) 27 / 18%. No gain yet, so it stays off.
   c.diffusion.frame_noise_prob = v.get("frame_noise_prob", 0.0)
   c.diffusion.loss = "l2"           # l1 (reference default) | l2
   c.diffusion.cfg_drop_prob = 0.1   # probability of training a sample with the null condition

@@ -57,15 +57,17 @@ def test_validation_lists_every_problem():
   c.model.position_features = -1
   c.diffusion.frame_noise_prob = -0.1
   c.sample.frame_offset = -1
+  c.model.temporal_patch_size = 3   # 4 frames
   with pytest.raises(validation.ConfigError) as e:
     validation.validate_vdm(c, num_devices=8)
   msg = str(e.value)
   for needle in ("data.image_size=15", "diffusion.prediction='score'", "train.batch_size/grad_accum=6",
                  "optim.ema_decay=1.5", "sample.steps=5000", "diffusion.high_noise_prob=1.5",
                  "diffusion.high_noise_from=1.0", "model.position_features=-1",
-                 "diffusion.frame_noise_prob=-0.1", "sample.frame_offset=-1"):
+                 "diffusion.frame_noise_prob=-0.1", "sample.frame_offset=-1",
+                 "data.num_frames=4 must be divisible by model.temporal_patch_size=3"):
     assert needle in msg, msg
-  assert len(e.value.problems) == 10
+  assert len(e.value.problems) == 11
 
 
 def test_mesh_degrees_checked():

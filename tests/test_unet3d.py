@@ -547,3 +547,34 @@ def test_per_frame_time_matches_shared_time_and_conditions_each_frame():
   assert np.abs(out[:, 1] - shared[:, 1]).max() > 1e-3
   with pytest.raises(ValueError, match="per-frame time"):
     model.apply({"params": params}, inp["x"], tiled[:, :T - 1], inp["cond"])
+
+
+def test_patching_round_trips_and_tubelets_fold_frames():
+  from vidgen_jax.models import patched
+  x = np.arange(2 * 4 * 8 * 8 * 3, dtype=np.float32).reshape(2, 4, 8, 8, 3)
+  for p, pt in ((2, 1), (4, 2), (1, 4)):
+    tokens = patched.to_patches(x, p, pt)
+    assert tokens.shape == (2, 4 // pt, 8 // p, 8 // p, 3 * p * p * pt)
+    np.testing.assert_array_equal(patched.from_patches(tokens, p, pt), x)
+  tokens = np.asarray(patched.to_patches(x, 2, 2))
+  np.testing.assert_array_equal(tokens[0, 1, 0, 0, :12], x[0, 2, :2, :2].reshape(-1))   # frame 2 of tubelet 1
+  np.testing.assert_array_equal(tokens[0, 1, 0, 0, 12:], x[0, 3, :2, :2].reshape(-1))   # then frame 3
+  model = patched.Patched(Unet3D(dim=8, dim_mults=(1, 2), attn_heads=2, channels=3 * 2 * 2 * 2), 2, 2)
+  params = _random_params(model, x, np.array([3, 977]))
+  out = model.apply({"params": params}, x, np.array([3, 977]))
+  assert out.shape == x.shape
+  with pytest.raises(ValueError, match="divisible by temporal_patch_size"):
+    model.apply({"params": params}, x[:, :3], np.array([3, 977]))
+  with pytest.raises(ValueError, match="per-frame timesteps"):
+    model.apply({"params": params}, x, np.full((2, 4), 3))
+
+
+def test_tubelets_refuse_frame_wise_features_at_start_up():
+  from vidgen_jax import configs
+  from vidgen_jax.train import validation
+  c = configs.load_config_file("configs/vdm_shapes.py:runlocal=True")
+  c.model.temporal_patch_size = 2
+  assert validation.vdm_problems(c, num_devices=1) == []
+  c.diffusion.frame_noise_prob, c.train.joint_images = 0.5, 2
+  problems = validation.vdm_problems(c, num_devices=1)
+  assert len(problems) == 2 and all("temporal_patch_size=2 folds frames" in q for q in problems), problems

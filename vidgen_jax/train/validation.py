@@ -47,6 +47,18 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
   elif m.patch_size >= 1 and d.image_size % (m.patch_size * 2 ** (levels - 1)):
     p.append(f"data.image_size={d.image_size} must be divisible by model.patch_size * 2**(len(model.dim_mults)-1)"
              f"={m.patch_size * 2 ** (levels - 1)} (the U-Net halves it {levels - 1} times)")
+  pt = m.get("temporal_patch_size", 1)
+  _positive(p, "model.temporal_patch_size", pt)
+  if isinstance(pt, int) and pt > 1:
+    if d.num_frames % pt:
+      p.append(f"data.num_frames={d.num_frames} must be divisible by model.temporal_patch_size={pt}")
+    folded = {"diffusion.frame_noise_prob": c.diffusion.get("frame_noise_prob", 0.0),
+              "train.joint_images": c.train.get("joint_images", 0),
+              "sample.frame_offset": c.sample.get("frame_offset", 0)}
+    for name, value in folded.items():
+      if isinstance(value, (int, float)) and value > 0:
+        p.append(f"{name}={value} works frame by frame, but model.temporal_patch_size={pt} folds frames "
+                 "together: set one of them off")
   _positive(p, "model.dim", m.dim)
   if m.init_kernel_size % 2 == 0:
     p.append(f"model.init_kernel_size={m.init_kernel_size} must be odd")

@@ -52,14 +52,16 @@ def host_batch(run, batch: dict) -> dict:
 
 
 def build_model(config, text_dim: int):
-  """The U-Net of config.model (wrapped in space-to-depth patching when model.patch_size > 1).
+  """The U-Net of config.model (wrapped in space-to-depth patching when model.patch_size or
+  model.temporal_patch_size > 1).
 
   Two optional switches, absent from the shipped configs (`vidgen convert` writes them): model.unconditional
   True builds the reference's unconditional U-Net (no cond, no text path; prompts only set the batch) and
   model.resnet_groups N its pre-0.7.0 GroupNorm(N) blocks.
   """
   m = config.model
-  channels = 3 * m.patch_size ** 2
+  pt = m.get("temporal_patch_size", 1)
+  channels = 3 * m.patch_size ** 2 * pt
   uncond = bool(m.get("unconditional", False))
   text_dim = None if uncond else text_dim
   unet = Unet3D(
@@ -74,7 +76,7 @@ def build_model(config, text_dim: int):
       position_features=m.get("position_features", 0), temporal_conv=m.get("temporal_conv", 0),
       resnet_groups=m.get("resnet_groups") or None, space_time_attention=m.get("space_time_attention", "none"))
   unet = Unconditional(unet) if uncond else unet
-  return unet if m.patch_size == 1 else patched.Patched(unet, m.patch_size)
+  return unet if m.patch_size == pt == 1 else patched.Patched(unet, m.patch_size, pt)
 
 
 def build_schedule(config) -> schedules.Schedule:
