@@ -5,11 +5,12 @@ Run (the README's main command does this for variant=demo):
   vidgen sample --workdir workdirs/vdm_demo --prompt "a red circle moving right" --out red.gif
 
 Arguments (after ':', comma separated):
-  variant   demo | S | B | L   model and run size (table below).
+  variant   demo | dit | S | B | L   model and run size (table below).
   runlocal  True shrinks everything to a seconds-long smoke run (tests, CI).
 
-  variant  U-Net                               data         steps   expected
-  demo     dim 32, mults (1,2), patch 4, xattn 8x32x32      2000    ~10 min on a 2-core CPU
+  variant  denoiser                            data         steps   expected
+  demo     U-Net dim 32, mults (1,2), patch 4, xattn 8x32x32 2000  ~10-16 min on a 2-core CPU
+  dit      transformer dim 128, depth 6, 4x4x2 tubelets 8x32x32 2000
   S        dim 32, mults (1,2,4) (VDM-S bench)  8x32x32      20k     a GPU hour
   B        dim 128, mults (1,2,4,8)            16x64x64     200k    TPU v5p-8
   L        dim 320, mults (1,2,4,8), ~1B       16x64x64     500k    TPU v5p pod, fsdp
@@ -26,7 +27,11 @@ _VARIANTS = {
     "demo": dict(dim=32, mults=(1, 2), heads=2, dim_head=32, patch=4, linear_attn=False, image=32, frames=8,
                  batch=16, steps=2000, lr=1e-3, prediction="x0"),
     # S: the VDM-S benchmark architecture of DESIGN.md.
-    "S": dict(dim=32, mults=(1, 2, 4), heads=8, dim_head=32, patch=1, linear_attn=True, image=32, frames=8,
+    # dit: the video diffusion transformer (model.kind='dit', our addition) on 4x4x2 tubelet tokens (4 x 8 x 8 =
+  # 256 tokens per clip), full space-time attention in every block.
+  "dit": dict(kind="dit", dim=128, depth=6, mults=(1,), heads=4, dim_head=32, patch=4, temporal_patch=2,
+              linear_attn=False, image=32, frames=8, batch=16, steps=2000, lr=5e-4, prediction="x0"),
+  "S": dict(dim=32, mults=(1, 2, 4), heads=8, dim_head=32, patch=1, linear_attn=True, image=32, frames=8,
               batch=32, steps=20_000, lr=3e-4, prediction="v"),
     "B": dict(dim=128, mults=(1, 2, 4, 8), heads=8, dim_head=64, patch=1, linear_attn=True, image=64, frames=16,
               batch=64, steps=200_000, lr=1e-4, prediction="v"),
@@ -64,6 +69,13 @@ def get_config(arg=None):
   c.text.max_length = 16
 
   c.model = ConfigDict()
+  # unet: the 3-D U-Net (Ho et al.; the reference architecture). dit: a video diffusion transformer (our
+  # addition, vidgen_jax/models/video_dit.py): patch tokens, full space-time self-attention, text
+  # cross-attention and adaLN-zero conditioning in each of model.depth blocks of width model.dim, with
+  # attn_heads x attn_dim_head attention. The U-Net-only options below (dim_mults, init_kernel_size, linear
+  # attention, frame_cond_mlp, ...) do not apply to it.
+  c.model.kind = v.get("kind", "unet")
+  c.model.depth = v.get("depth", 6)  # dit only: transformer blocks
   c.model.dim = dim
   c.model.dim_mults = mults
   c.model.attn_heads = heads
@@ -186,6 +198,8 @@ def get_config(arg=None):
     c.data.image_size, c.data.num_frames = 16, 4
     c.model.dim, c.model.dim_mults, c.model.attn_heads, c.model.attn_dim_head = 8, (1, 2), 2, 8
     c.model.patch_size, c.model.use_sparse_linear_attn = 1, True
+    if c.model.kind == "dit":
+      c.model.dim, c.model.depth, c.model.patch_size = 16, 2, 2
     c.text.max_length = 12
     c.train.batch_size, c.train.num_steps = 8, 4
     c.train.log_every, c.train.ckpt_every = 2, 2

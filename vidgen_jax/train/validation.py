@@ -40,8 +40,24 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
     p.append(f"text.path is empty but text.encoder={c.text.encoder!r} needs a checkpoint directory")
   _positive(p, "text.max_length", c.text.max_length)
 
-  levels = len(m.dim_mults)
+  kind = m.get("kind", "unet")
+  _choice(p, "model.kind", kind, ("unet", "dit"))
+  levels = len(m.dim_mults) if kind == "unet" else 1
   _positive(p, "model.patch_size", m.patch_size)
+  if kind == "dit":
+    _positive(p, "model.depth", m.get("depth", 0))
+    if m.dim < 12:
+      p.append(f"model.dim={m.dim}: the transformer (model.kind='dit') needs dim >= 12")
+    unet_only = {"model.frame_cond_mlp": m.get("frame_cond_mlp", 0),
+                 "model.position_features": m.get("position_features", 0),
+                 "model.temporal_conv": m.get("temporal_conv", 0),
+                 "model.text_cond_mlp": m.get("text_cond_mlp", 0),
+                 "model.max_frames_embedding": m.get("max_frames_embedding", 0),
+                 "model.space_time_attention": m.get("space_time_attention", "none") != "none"}
+    for name, value in unet_only.items():
+      if value:
+        p.append(f"{name}={m.get(name.split('.')[1])!r} is a U-Net option; model.kind='dit' has no use for it "
+                 "(its attention already spans every frame and position)")
   if levels < 1:
     p.append("model.dim_mults must have at least one level")
   elif m.patch_size >= 1 and d.image_size % (m.patch_size * 2 ** (levels - 1)):

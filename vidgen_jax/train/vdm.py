@@ -16,6 +16,7 @@ import optax
 from vidgen_jax.diffusion import conditioning, gaussian, guidance, losses, samplers, schedules
 from vidgen_jax.models import patched
 from vidgen_jax.models.unet3d import Unconditional, Unet3D
+from vidgen_jax.models.video_dit import VideoDiT
 from vidgen_jax.train import state as state_lib
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -52,8 +53,9 @@ def host_batch(run, batch: dict) -> dict:
 
 
 def build_model(config, text_dim: int):
-  """The U-Net of config.model (wrapped in space-to-depth patching when model.patch_size or
-  model.temporal_patch_size > 1).
+  """The denoiser of config.model: the 3-D U-Net, or with model.kind 'dit' the video diffusion transformer
+  (`models.video_dit`); wrapped in space-to-depth patching when model.patch_size or
+  model.temporal_patch_size > 1.
 
   Two optional switches, absent from the shipped configs (`vidgen convert` writes them): model.unconditional
   True builds the reference's unconditional U-Net (no cond, no text path; prompts only set the batch) and
@@ -64,6 +66,12 @@ def build_model(config, text_dim: int):
   channels = 3 * m.patch_size ** 2 * pt
   uncond = bool(m.get("unconditional", False))
   text_dim = None if uncond else text_dim
+  if m.get("kind", "unet") == "dit":
+    dit = VideoDiT(dim=m.dim, depth=m.depth, heads=m.attn_heads, dim_head=m.attn_dim_head, channels=channels,
+                   cond_dim=text_dim, text_token_dim=text_dim if (text_dim and m.cross_attention) else None,
+                   cross_attention=m.cross_attention, dtype=_DTYPES[config.train.compute_dtype], remat=m.remat)
+    dit = Unconditional(dit) if uncond else dit
+    return dit if m.patch_size == pt == 1 else patched.Patched(dit, m.patch_size, pt)
   unet = Unet3D(
       dim=m.dim, cond_dim=text_dim, dim_mults=tuple(m.dim_mults), channels=channels,
       attn_heads=m.attn_heads, attn_dim_head=m.attn_dim_head, init_kernel_size=m.init_kernel_size,
@@ -105,9 +113,9 @@ def text_inputs(model, tokens, mask) -> dict:
   """The token keyword arguments for `model`: none when it has no token path (the reference's pooled-only
   FiLM conditioning), so a model without `text_token_dim` is never handed tokens it would reject."""
   inner = model
-  while not isinstance(inner, Unet3D) and hasattr(inner, "inner"):
+  while not isinstance(inner, (Unet3D, VideoDiT)) and hasattr(inner, "inner"):
     inner = inner.inner
-  if isinstance(inner, Unet3D) and inner.text_token_dim is None:
+  if isinstance(inner, (Unet3D, VideoDiT)) and inner.text_token_dim is None:
     return {}
   return {"text_tokens": tokens, "text_mask": mask}
 
