@@ -28,12 +28,12 @@ _VARIANTS = {
     # 2000 steps, 56 / 50% with train.num_steps=8000 (joint 56 / 46%, shape 90 / 86%).
     "demo": dict(dim=32, mults=(1, 2), heads=2, dim_head=32, patch=4, linear_attn=False, image=32, frames=8,
                  batch=16, steps=2000, lr=1e-3, prediction="x0"),
-    # S: the VDM-S benchmark architecture of DESIGN.md.
     # dit: the video diffusion transformer (model.kind='dit', our addition) on 4x4x2 tubelet tokens (4 x 8 x 8 =
-  # 256 tokens per clip), full space-time attention in every block.
-  "dit": dict(kind="dit", dim=128, depth=6, mults=(1,), heads=4, dim_head=32, patch=4, temporal_patch=2,
-              linear_attn=False, image=32, frames=8, batch=16, steps=2000, lr=5e-4, prediction="x0"),
-  "S": dict(dim=32, mults=(1, 2, 4), heads=8, dim_head=32, patch=1, linear_attn=True, image=32, frames=8,
+    # 256 tokens per clip), full space-time attention in every block.
+    "dit": dict(kind="dit", dim=128, depth=6, mults=(1,), heads=4, dim_head=32, patch=4, temporal_patch=2,
+                linear_attn=False, image=32, frames=8, batch=16, steps=2000, lr=5e-4, prediction="x0"),
+    # S: the VDM-S benchmark architecture of DESIGN.md.
+    "S": dict(dim=32, mults=(1, 2, 4), heads=8, dim_head=32, patch=1, linear_attn=True, image=32, frames=8,
               batch=32, steps=20_000, lr=3e-4, prediction="v"),
     "B": dict(dim=128, mults=(1, 2, 4, 8), heads=8, dim_head=64, patch=1, linear_attn=True, image=64, frames=16,
               batch=64, steps=200_000, lr=1e-4, prediction="v"),

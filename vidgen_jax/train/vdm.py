@@ -67,24 +67,23 @@ def build_model(config, text_dim: int):
   uncond = bool(m.get("unconditional", False))
   text_dim = None if uncond else text_dim
   if m.get("kind", "unet") == "dit":
-    dit = VideoDiT(dim=m.dim, depth=m.depth, heads=m.attn_heads, dim_head=m.attn_dim_head, channels=channels,
+    net = VideoDiT(dim=m.dim, depth=m.depth, heads=m.attn_heads, dim_head=m.attn_dim_head, channels=channels,
                    cond_dim=text_dim, text_token_dim=text_dim if (text_dim and m.cross_attention) else None,
                    cross_attention=m.cross_attention, dtype=_DTYPES[config.train.compute_dtype], remat=m.remat)
-    dit = Unconditional(dit) if uncond else dit
-    return dit if m.patch_size == pt == 1 else patched.Patched(dit, m.patch_size, pt)
-  unet = Unet3D(
-      dim=m.dim, cond_dim=text_dim, dim_mults=tuple(m.dim_mults), channels=channels,
-      attn_heads=m.attn_heads, attn_dim_head=m.attn_dim_head, init_kernel_size=m.init_kernel_size,
-      use_sparse_linear_attn=m.use_sparse_linear_attn,
-      text_token_dim=text_dim if (text_dim and (m.cross_attention or m.get("text_cond_mlp"))) else None,
-      cross_attention=m.cross_attention, text_cond_mlp=(text_dim and m.get("text_cond_mlp")) or None,
-      dtype=_DTYPES[config.train.compute_dtype], remat=m.remat,
-      max_frames_embedding=m.get("max_frames_embedding") or None,
-      frame_cond_mlp=(text_dim and m.get("frame_cond_mlp")) or None,
-      position_features=m.get("position_features", 0), temporal_conv=m.get("temporal_conv", 0),
-      resnet_groups=m.get("resnet_groups") or None, space_time_attention=m.get("space_time_attention", "none"))
-  unet = Unconditional(unet) if uncond else unet
-  return unet if m.patch_size == pt == 1 else patched.Patched(unet, m.patch_size, pt)
+  else:
+    net = Unet3D(
+        dim=m.dim, cond_dim=text_dim, dim_mults=tuple(m.dim_mults), channels=channels,
+        attn_heads=m.attn_heads, attn_dim_head=m.attn_dim_head, init_kernel_size=m.init_kernel_size,
+        use_sparse_linear_attn=m.use_sparse_linear_attn,
+        text_token_dim=text_dim if (text_dim and (m.cross_attention or m.get("text_cond_mlp"))) else None,
+        cross_attention=m.cross_attention, text_cond_mlp=(text_dim and m.get("text_cond_mlp")) or None,
+        dtype=_DTYPES[config.train.compute_dtype], remat=m.remat,
+        max_frames_embedding=m.get("max_frames_embedding") or None,
+        frame_cond_mlp=(text_dim and m.get("frame_cond_mlp")) or None,
+        position_features=m.get("position_features", 0), temporal_conv=m.get("temporal_conv", 0),
+        resnet_groups=m.get("resnet_groups") or None, space_time_attention=m.get("space_time_attention", "none"))
+  net = Unconditional(net) if uncond else net
+  return net if m.patch_size == pt == 1 else patched.Patched(net, m.patch_size, pt)
 
 
 def build_schedule(config) -> schedules.Schedule:
