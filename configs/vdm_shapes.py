@@ -137,6 +137,10 @@ def get_config(arg=None):
   # held-out): 10 / 14% with plain DDIM, 15 / 18% with frame_offset 4; continuing 2 clean real frames
   # (--method clean) 27 / 18%. No gain yet, so it stays off.
   c.diffusion.frame_noise_prob = v.get("frame_noise_prob", 0.0)
+  # >0: λ, the extra weight of the x0 error's change over frames (our addition; needs prediction x0): the
+  # loss becomes |mean-over-frames error|² + (1 + λ)|error − that mean|², so motion errors count 1 + λ
+  # times as much as appearance errors; the optimum is unchanged. 0 = the plain loss (the reference).
+  c.diffusion.temporal_loss_weight = v.get("temporal_loss_weight", 0.0)
   c.diffusion.loss = "l2"           # l1 (reference default) | l2
   c.diffusion.cfg_drop_prob = 0.1   # probability of training a sample with the null condition
   c.diffusion.prob_focus_present = 0.0

@@ -443,3 +443,26 @@ def test_frame_timesteps_mix_shared_and_independent_per_frame_levels():
   assert np.std(ft[~shared], axis=1).mean() > 200              # the rest: independent uniform levels
   with pytest.raises(ValueError, match="frame_noise_prob"):
     losses.frame_timesteps(key, t, 8, 1000, 1.5)
+
+
+def test_temporal_deviation_loss_weighs_only_the_error_that_changes_over_frames():
+  from vidgen_jax.diffusion import losses
+  b, f = 3, 5
+  target = jax.random.normal(jax.random.key(0), (b, f, 4, 4, 3))
+  static = jax.random.normal(jax.random.key(1), (b, 1, 4, 4, 3))
+  moving = jax.random.normal(jax.random.key(2), (b, f, 4, 4, 3))
+  # An error that is the same in every frame (appearance) costs nothing ...
+  np.testing.assert_allclose(losses.temporal_deviation_loss(target + static, target), np.zeros(b), atol=1e-6)
+  # ... one that changes over frames costs its deviation from its frame mean, for l2 and l1.
+  dev = np.asarray(moving - moving.mean(axis=1, keepdims=True))
+  np.testing.assert_allclose(losses.temporal_deviation_loss(target + static + moving, target, "l2"),
+                             (dev ** 2).reshape(b, -1).mean(-1), rtol=1e-5)
+  np.testing.assert_allclose(losses.temporal_deviation_loss(target + moving, target, "l1"),
+                             np.abs(dev).reshape(b, -1).mean(-1), rtol=1e-5)
+  # With a frame mask (a joint image+video clip) the mean and the loss cover the video frames only: what the
+  # masked frames hold does not matter.
+  mask = jnp.array([[1, 1, 1, 0, 0]] * b, bool)
+  junk = moving.at[:, 3:].set(100.0)
+  got = losses.temporal_deviation_loss(target + junk, target, "l2", frame_mask=mask)
+  kept = np.asarray(moving[:, :3] - moving[:, :3].mean(axis=1, keepdims=True))
+  np.testing.assert_allclose(got, (kept ** 2).reshape(b, -1).sum(-1) / (f * 4 * 4 * 3), rtol=1e-5)

@@ -32,14 +32,26 @@ def _run_steps(config, devices, batch, n=2):
   return jax.device_get(state), jax.device_get(metrics)
 
 
-def test_sharded_step_equals_single_device():
+def _sharding_test_config(devices):
+  """The tiny config with joint image+video training (2 images per video, appended by rolling the sharded
+  batch) and the temporal loss term, so one pair of compiled steps covers the plain and the joint paths."""
   config = tiny_config()
+  config.train.joint_images = 2
+  config.diffusion.prediction, config.diffusion.temporal_loss_weight = "x0", 1.0
+  if devices == 8:
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+    config.sharding.preset = "fsdp_tensor"
+  return config
+
+
+def test_sharded_step_equals_single_device():
+  """Two train steps on 8 devices (batch over data x fsdp, parameters over fsdp x tensor) equal the same steps
+  on one device: loss, parameters and EMA."""
+  config = _sharding_test_config(1)
   batch = _batch(config, HashTextEncoder())
   one, m1 = _run_steps(config, jax.devices()[:1], batch)
-  config8 = tiny_config()
-  config8.mesh.data, config8.mesh.fsdp, config8.mesh.tensor = 2, 2, 2
-  config8.sharding.preset = "fsdp_tensor"
-  eight, m8 = _run_steps(config8, jax.devices(), batch)
+  eight, m8 = _run_steps(_sharding_test_config(8), jax.devices(), batch)
+  assert np.all(np.isfinite(m1["loss"])) and m1["finite"]
   np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

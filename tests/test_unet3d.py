@@ -529,7 +529,7 @@ def test_temporal_conv_resnets_start_as_the_reference_and_learn_from_there():
   np.testing.assert_allclose(jax.jit(model.apply)({"params": unflat(params)}, inp["x"], inp["time"]),
                              jax.jit(Unet3D(**TINY).apply)({"params": unflat(rest)}, inp["x"], inp["time"]),
                              atol=1e-5)
-  grads = _flat(jax.grad(lambda p: (model.apply({"params": p}, inp["x"], inp["time"]) ** 2).sum())(
+  grads = _flat(jax.jit(jax.grad(lambda p: (model.apply({"params": p}, inp["x"], inp["time"]) ** 2).sum()))(
       unflat(params)))
   assert all(np.abs(np.asarray(grads[k])).max() > 0 for k in names)
 

@@ -76,3 +76,23 @@ def diffusion_loss(pred, target, loss_type="l1", weights=None):
     weights = jnp.asarray(weights, jnp.float32)
     err = err * weights.reshape(weights.shape + (1,) * (err.ndim - weights.ndim))
   return err.reshape(err.shape[0], -1).mean(axis=-1)
+
+
+def temporal_deviation_loss(pred, target, loss_type="l2", frame_mask=None):
+  """Per-sample loss (B,) of the part of the error that changes over frames: with e = pred − target of shape
+  (B, F, ...), the mean of |e − mean_f e|² ('l2') or |·| ('l1') over the clip's frames.
+
+  Added with weight λ to `diffusion_loss`, the L2 total is |ē|² + (1 + λ)|e − ē|² per frame: errors that
+  are the same in every frame (appearance) keep their weight and errors that differ between frames
+  (motion: where the object is in each frame) count 1 + λ times. The minimiser is unchanged, since both
+  terms are minimised by the conditional mean of x0; only the gradient's emphasis moves towards motion.
+
+  frame_mask (B, F) bool (optional) restricts the mean and the loss to the True frames, e.g. the video
+  frames of a joint image+video clip (the appended images are not part of its motion). The result is
+  normalised like `diffusion_loss`, by all elements, so masked frames count as zero error.
+  """
+  e = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  w = jnp.ones(e.shape[:2], jnp.float32) if frame_mask is None else frame_mask.astype(jnp.float32)
+  w = w.reshape(w.shape + (1,) * (e.ndim - 2))
+  mean = (e * w).sum(axis=1, keepdims=True) / jnp.maximum(w.sum(axis=1, keepdims=True), 1.0)
+  return diffusion_loss(e - mean, jnp.zeros_like(e), loss_type, weights=w)

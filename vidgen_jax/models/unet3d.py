@@ -158,12 +158,7 @@ class Unet3D(nn.Module):
     if text_tokens is None:
       text_tokens = jnp.zeros(null_cond.shape + (1, self.text_token_dim), jnp.float32)
       text_mask = jnp.zeros(null_cond.shape + (1,), bool)
-    elif text_mask is None:
-      text_mask = jnp.ones(text_tokens.shape[:-1], bool)
-    if text_mask.ndim != null_cond.ndim + 1:
-      raise ValueError(f"text_mask {text_mask.shape} and null_cond {null_cond.shape}: per-frame tokens need "
-                       "per-frame null_cond and vice versa")
-    return text_tokens.astype(self.dtype), text_mask.astype(bool) & ~null_cond[..., None]
+    return blocks.text_context(text_tokens, text_mask, null_cond, self.dtype)
 
   @nn.compact
   def __call__(self, x, time, cond=None, *, null_cond=None, text_tokens=None, text_mask=None,
@@ -173,10 +168,7 @@ class Unet3D(nn.Module):
     dims = [self.dim] + [self.dim * m for m in self.dim_mults]
     in_out = list(zip(dims[:-1], dims[1:]))
     per_frame = cond is not None and cond.ndim == 3
-    null_shape = (batch, frames) if per_frame else (batch,)
-    null_cond = jnp.zeros(null_shape, bool) if null_cond is None else null_cond.astype(bool)
-    if null_cond.shape != null_shape:
-      raise ValueError(f"null_cond {null_cond.shape} must be {null_shape} for cond {cond.shape}")
+    null_cond = blocks.null_condition_mask(null_cond, cond, batch, frames)
     if frame_groups is not None and self.temporal_conv:
       raise ValueError("frame_groups (joint image+video training) cannot isolate images from the temporal "
                        "convs of temporal_conv > 0; use temporal_conv=0")
@@ -231,9 +223,7 @@ class Unet3D(nn.Module):
       raise ValueError(f"time must be (B,) or (B, T), got {time.shape}")
     emb = blocks.TimestepMLP(self.dim, name="time_mlp")(time)
     if self.cond_dim is not None:
-      null_emb = self.param("null_cond_emb", nn.with_logical_partitioning(
-          nn.initializers.normal(stddev=1.0), (None, "cond")), (1, self.cond_dim), jnp.float32)
-      cond = jnp.where(null_cond[..., None], null_emb, cond.astype(jnp.float32))
+      cond = blocks.null_replaced_cond(self, cond, null_cond, self.cond_dim)
 
     text = None
     if self.text_token_dim is not None:

@@ -124,6 +124,33 @@ class FrameCondMLP(nn.Module):
                                  kernel_init=nn.initializers.zeros_init())(h)
 
 
+def null_condition_mask(null_cond, cond, batch, frames):
+  """The null-condition flags as bool (B,), or (B, T) when cond is per frame (B, T, D); None = all False."""
+  shape = (batch, frames) if cond is not None and cond.ndim == 3 else (batch,)
+  null_cond = jnp.zeros(shape, bool) if null_cond is None else jnp.asarray(null_cond).astype(bool)
+  if null_cond.shape != shape:
+    raise ValueError(f"null_cond {null_cond.shape} must be {shape} for cond "
+                     f"{None if cond is None else cond.shape}")
+  return null_cond
+
+
+def null_replaced_cond(module, cond, null_cond, cond_dim):
+  """cond (B, [T,] Dc) as float32 with the null rows replaced by `module`'s learned `null_cond_emb`."""
+  null_emb = module.param("null_cond_emb", nn.with_logical_partitioning(
+      nn.initializers.normal(stddev=1.0), (None, "cond")), (1, cond_dim), jnp.float32)
+  return jnp.where(null_cond[..., None], null_emb, cond.astype(jnp.float32))
+
+
+def text_context(text_tokens, text_mask, null_cond, dtype):
+  """Cross-attention context: tokens (B, [T,] L, D) in `dtype` and mask (B, [T,] L), all-True when text_mask
+  is None, with every token of a null-conditioned sample (or frame) masked out."""
+  mask = jnp.ones(text_tokens.shape[:-1], bool) if text_mask is None else text_mask.astype(bool)
+  if mask.ndim != null_cond.ndim + 1:
+    raise ValueError(f"text_mask {mask.shape} and null_cond {null_cond.shape}: per-frame tokens need "
+                     "per-frame null_cond and vice versa")
+  return text_tokens.astype(dtype), mask & ~null_cond[..., None]
+
+
 def _fold_space(x):
   """(B, T, H, W, C) -> (B*T, H*W, C): every frame is a sequence of H*W tokens."""
   b, t, h, w, c = x.shape

@@ -123,11 +123,7 @@ class VideoDiT(nn.Module):
     time = jnp.asarray(time)
     if time.shape not in ((b,), (b, t)):
       raise ValueError(f"time must be (B,) = {(b,)} or (B, T) = {(b, t)}, got {time.shape}")
-    per_frame = cond is not None and cond.ndim == 3
-    null_shape = (b, t) if per_frame else (b,)
-    null_cond = jnp.zeros(null_shape, bool) if null_cond is None else null_cond.astype(bool)
-    if null_cond.shape != null_shape:
-      raise ValueError(f"null_cond {null_cond.shape} must be {null_shape} for cond {cond.shape}")
+    null_cond = blocks.null_condition_mask(null_cond, cond, b, t)
 
     tokens = attention.dense(self.dim, (None, "embed"), name="to_tokens", use_bias=True, flat=True)(
         x.astype(jnp.float32))
@@ -136,9 +132,7 @@ class VideoDiT(nn.Module):
     temb = blocks.TimestepMLP(self.dim, name="time_mlp")(time)           # (B, 4 dim) or (B, T, 4 dim)
     c = attention.dense(self.dim, ("mlp", "embed"), name="time_proj", use_bias=True)(nn.silu(temb))
     if self.cond_dim is not None:
-      null_emb = self.param("null_cond_emb", nn.with_logical_partitioning(
-          nn.initializers.normal(stddev=1.0), (None, "cond")), (1, self.cond_dim), jnp.float32)
-      cond = jnp.where(null_cond[..., None], null_emb, cond.astype(jnp.float32))
+      cond = blocks.null_replaced_cond(self, cond, null_cond, self.cond_dim)
       cond = attention.dense(self.dim, ("cond", None), name="cond_proj", use_bias=True)(cond)
       c = (c[:, None] if c.ndim == 2 and cond.ndim == 3 else c) + (
           cond[:, None] if cond.ndim == 2 and c.ndim == 3 else cond)
@@ -150,11 +144,7 @@ class VideoDiT(nn.Module):
         raise ValueError("this model attends to text tokens: pass text_tokens (and text_mask)")
       if text_tokens.shape[-1] != self.text_token_dim:
         raise ValueError(f"text_tokens {text_tokens.shape} need text_token_dim={self.text_token_dim} channels")
-      mask = jnp.ones(text_tokens.shape[:-1], bool) if text_mask is None else text_mask.astype(bool)
-      if mask.ndim != null_cond.ndim + 1:
-        raise ValueError(f"text_mask {mask.shape} and null_cond {null_cond.shape}: per-frame tokens need "
-                         "per-frame null_cond and vice versa")
-      context, context_mask = text_tokens.astype(self.dtype), mask & ~null_cond[..., None]
+      context, context_mask = blocks.text_context(text_tokens, text_mask, null_cond, self.dtype)
 
     frame_mask = blocks.frame_attention_mask(frame_groups, focus_present_mask, t)   # (B, T, T) or None
     attn_mask = None

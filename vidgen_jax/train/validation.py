@@ -96,6 +96,12 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
     v = df.get(name, 0.0)
     if not 0.0 <= v <= 1.0:
       p.append(f"diffusion.{name}={v}: must be a probability in [0, 1]")
+  tw = df.get("temporal_loss_weight", 0.0)
+  if not tw >= 0:
+    p.append(f"diffusion.temporal_loss_weight={tw}: must be >= 0 (0 = off)")
+  elif tw and df.prediction != "x0":
+    p.append(f"diffusion.temporal_loss_weight={tw} weighs the error of the predicted clean video over frames, "
+             f"so it needs diffusion.prediction='x0', got {df.prediction!r}")
   if not 0.0 <= df.get("high_noise_from", 0.8) < 1.0:
     p.append(f"diffusion.high_noise_from={df.high_noise_from}: must be a fraction of the timesteps in [0, 1)")
 

@@ -168,6 +168,8 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   num_images > 0 trains jointly on videos and images (`append_images`); condition dropout is then drawn
   per group (the video and each image independently), the timestep per sample. diffusion.frame_noise_prob
   > 0 gives that fraction of the samples one independent timestep per frame (`losses.frame_timesteps`).
+  diffusion.temporal_loss_weight λ > 0 adds λ times the error's deviation from its per-clip frame mean
+  (`losses.temporal_deviation_loss`, over the video frames only).
   """
   k_t, k_noise, k_null, k_focus, k_images = jax.random.split(rng, 5)
   k_frame_t = jax.random.fold_in(k_t, 1)
@@ -193,6 +195,11 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   pred = model.apply(params, x_t, t, pooled(batch), null_cond=null, focus_present_mask=focus,
                      **text_inputs(model, batch["text_tokens"], batch["text_mask"]), **extra)
   per_sample = losses.diffusion_loss(pred.astype(jnp.float32), target, diffusion_cfg.loss)
+  temporal_weight = diffusion_cfg.get("temporal_loss_weight", 0.0)
+  if temporal_weight:
+    video_frames = None if groups is None else groups == 0
+    per_sample = per_sample + temporal_weight * losses.temporal_deviation_loss(
+        pred, target, diffusion_cfg.loss, frame_mask=video_frames)
   return per_sample.mean()
 
 
