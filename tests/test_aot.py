@@ -6,18 +6,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from tests.helpers import tiny_config
+from tests.helpers import micro_config
 from vidgen_jax.parallel import aot
 
 TEXT_DIM = 16   # stand-in text width (no text encoder is loaded)
-
-
-def micro_config(**train):
-  """tiny_config with one U-Net level on 2 frames of 8x8: half the XLA:CPU compile time (~6 s a step)."""
-  c = tiny_config(**train)
-  c.model.dim_mults, c.model.use_sparse_linear_attn = (1,), False
-  c.data.image_size, c.data.num_frames = 8, 2
-  return c
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import HashTextEncoder, tiny_config
+from tests.helpers import HashTextEncoder, micro_config, tiny_config
 from vidgen_jax.data import pipeline
 from vidgen_jax.train import loop, setup, vdm
 from vidgen_jax.train import state as state_lib
 
 
 ONE = jax.devices()[:1]   # loop tests run on one device; sharding is covered by the step test above
+# Tests of the step's and the loop's arithmetic (accumulation, resume, refusal, non-finite safety) use
+# micro_config: their properties do not depend on the model, and XLA:CPU compile time dominates them.
 
 
 def _batch(config, enc, seed=0):
@@ -60,7 +62,7 @@ def test_sharded_step_equals_single_device():
 
 
 def test_gradient_accumulation_averages_microbatches():
-  config = tiny_config(grad_accum=2)
+  config = micro_config(16, grad_accum=2)
   enc = HashTextEncoder()
   run = setup.build_run(config, text_encoder=enc, devices=jax.devices()[:1])
   state = run.init_state(0)
@@ -102,7 +104,7 @@ def _tree_equal(a, b):
 
 
 def test_resume_is_bit_identical(tmp_path):
-  config = tiny_config(num_steps=4, ckpt_every=2, log_every=2)
+  config = micro_config(16, num_steps=4, ckpt_every=2, log_every=2)
   full = loop.train(config, tmp_path / "full", text_encoder=HashTextEncoder(), devices=ONE)
   loop.train(config, tmp_path / "split", text_encoder=HashTextEncoder(), devices=ONE, stop_after=2)
   assert (tmp_path / "split" / "checkpoints" / "2").is_dir()
@@ -116,7 +118,7 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_resume_with_other_model_is_refused(tmp_path):
-  config = tiny_config(num_steps=2, ckpt_every=2, log_every=2)
+  config = micro_config(16, num_steps=2, ckpt_every=2, log_every=2)
   loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder(), devices=ONE, stop_after=1)
   config.model.dim = 16
   with pytest.raises(ValueError, match="model.dim"):
@@ -130,7 +132,7 @@ class _NaNEncoder(HashTextEncoder):
 
 
 def test_nonfinite_loss_aborts_and_never_reaches_a_checkpoint(tmp_path):
-  config = tiny_config(num_steps=4, ckpt_every=1, log_every=1, max_bad_steps=1)
+  config = micro_config(16, num_steps=4, ckpt_every=1, log_every=1, max_bad_steps=1)
   with pytest.raises(FloatingPointError, match="non-finite"):
     loop.train(config, tmp_path / "nan", text_encoder=_NaNEncoder(), devices=ONE)
   from vidgen_jax.train import checkpoint as ckpt_lib
