@@ -110,10 +110,11 @@ def test_temporal_loss_weight_adds_the_frame_deviation_of_the_video_frames_only(
     weighted = vdm.loss_fn(params, _FixedOutput(), sched, cfg, batch, rng, num_images=k)
     del cfg["temporal_loss_weight"]
     # Rebuild what the model saw and its target, the same way loss_fn does, and add the term by hand.
-    full = vdm.append_images(batch, k, jax.random.split(rng, 5)[4])
+    k_t, k_noise, _, _, k_images = jax.random.split(rng, 5)
+    full = vdm.append_images(batch, k, k_images)
     x0 = vdm.to_model_space(full["video"])
-    t = losses.sample_timesteps(jax.random.split(rng, 5)[0], b, 100)
-    noise = jax.random.normal(jax.random.split(rng, 5)[1], x0.shape)
+    t = losses.sample_timesteps(k_t, b, 100)
+    noise = jax.random.normal(k_noise, x0.shape)
     pred = _FixedOutput().apply(params, gaussian.q_sample(sched, x0, t, noise), t, None)
     mask = None if k == 0 else full["frame_groups"] == 0
     extra = losses.temporal_deviation_loss(pred, x0, "l2", frame_mask=mask).mean()

@@ -91,8 +91,8 @@ def temporal_deviation_loss(pred, target, loss_type="l2", frame_mask=None):
   frames of a joint image+video clip (the appended images are not part of its motion). The result is
   normalised like `diffusion_loss`, by all elements, so masked frames count as zero error.
   """
-  e = pred.astype(jnp.float32) - target.astype(jnp.float32)
-  w = jnp.ones(e.shape[:2], jnp.float32) if frame_mask is None else frame_mask.astype(jnp.float32)
-  w = w.reshape(w.shape + (1,) * (e.ndim - 2))
-  mean = (e * w).sum(axis=1, keepdims=True) / jnp.maximum(w.sum(axis=1, keepdims=True), 1.0)
-  return diffusion_loss(e - mean, jnp.zeros_like(e), loss_type, weights=w)
+  pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
+  w = jnp.ones(pred.shape[:2], jnp.float32) if frame_mask is None else frame_mask.astype(jnp.float32)
+  w = w.reshape(w.shape + (1,) * (pred.ndim - 2))
+  mean = ((pred - target) * w).sum(axis=1, keepdims=True) / jnp.maximum(w.sum(axis=1, keepdims=True), 1.0)
+  return diffusion_loss(pred - mean, target, loss_type, weights=w)

@@ -153,7 +153,7 @@ class Unet3D(nn.Module):
     if text_tokens is not None and text_tokens.shape[-1] != (self.text_token_dim or 0):
       raise ValueError(f"text_tokens {text_tokens.shape} need text_token_dim={self.text_token_dim} channels")
 
-  def _text_context(self, batch, text_tokens, text_mask, null_cond):
+  def _text_context(self, text_tokens, text_mask, null_cond):
     """Tokens (B, [T,] L, text_token_dim) and mask (B, [T,] L); absent tokens become one masked-out token."""
     if text_tokens is None:
       text_tokens = jnp.zeros(null_cond.shape + (1, self.text_token_dim), jnp.float32)
@@ -227,7 +227,7 @@ class Unet3D(nn.Module):
 
     text = None
     if self.text_token_dim is not None:
-      text = self._text_context(batch, text_tokens, text_mask, null_cond)
+      text = self._text_context(text_tokens, text_mask, null_cond)
       if self.text_cond_mlp:
         cond = cond + blocks.TokenPoolMLP(self.text_cond_mlp, self.cond_dim, name="text_cond_mlp")(*text)
     if self.cond_dim is not None:
