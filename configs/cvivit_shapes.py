@@ -31,7 +31,10 @@ def get_config(arg=None):
   # | vq (EMA cosine codebook of codebook_size; dead codes re-seeded, train.reseed_dead_codes_after)
   c.model.quantizer = "lfq" if arg.variant == "S" else "fsq"
   c.model.codebook_size = 4096
-  c.model.fsq_levels = (8, 8, 8, 8)  # fsq: 4096 codes (8, 8, 8: 512 codes, 28.0 dB, 73% used; README)
+  # fsq: 8 x 5 x 5 x 5 = 1000 codes. Measured (6000 steps, held-out clips): PSNR 31.7 dB, 70% of the codes
+  # used (30.2 dB, 65% at step 3000). (8, 8, 8, 8), 4096 codes: 29.6 dB, 42% after 3000 steps; (8, 8, 8),
+  # 512 codes: 28.0 dB, 73% after 2000 (README).
+  c.model.fsq_levels = (8, 5, 5, 5)
 
   c.loss = ConfigDict()
   c.loss.gan_weight = 0.0           # > 0: hinge GAN on one frame per clip with the adaptive weight
@@ -49,7 +52,7 @@ def get_config(arg=None):
 
   c.train = ConfigDict()
   c.train.batch_size = 16
-  c.train.num_steps = 3000
+  c.train.num_steps = 6000          # ~56 min on a 2-core CPU (1.8 steps/s)
   c.train.gan_start = 1000          # GAN terms start here (reconstruction first)
   c.train.reseed_dead_codes_after = 50   # vq: re-seed codes unused this many steps (0 = never)
   c.train.image_steps = 0           # > 0: the first image_steps steps train on single frames (images first)
