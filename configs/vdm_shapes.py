@@ -30,8 +30,8 @@ _VARIANTS = {
                  batch=16, steps=2000, lr=1e-3, prediction="x0"),
     # dit: the video diffusion transformer (model.kind='dit', our addition) on 4x4x2 tubelet tokens (4 x 8 x 8 =
     # 256 tokens per clip), full space-time attention in every block.
-  # Measured (2000 steps): motion 12 / 14%. With --config.model.patch_size=8 (64 tokens, 5.4 steps/s) 4000
-  # steps at lr 1e-3 fit in 760 s: motion 10 / 7% (README, Results).
+    # Measured (2000 steps): motion 12 / 14%. With --config.model.patch_size=8 (64 tokens, 5.4 steps/s)
+    # 4000 steps at lr 1e-3 fit in 760 s: motion 10 / 7% (README, Results).
     "dit": dict(kind="dit", dim=128, depth=6, mults=(1,), heads=4, dim_head=32, patch=4, temporal_patch=2,
                 linear_attn=False, image=32, frames=8, batch=16, steps=2000, lr=5e-4, prediction="x0"),
     # S: the VDM-S benchmark architecture of DESIGN.md.

@@ -53,14 +53,14 @@ def main():
       rows["colour, shape"].append(err(pair_mean[pair]))
       rows["+ motion, static"].append(err(np.broadcast_to(mean[c].mean(0, keepdims=True), mean[c].shape)))
       rows["+ motion"].append(err(mean[c]))
-  base = np.mean(rows["nothing"])
+  loss = {name: float(np.mean(v)) for name, v in rows.items()}
+  base, known = loss["nothing"], loss["colour, shape"]
   print(f"optimal x0 MSE at t = T, {len(every)} captions x {args.clips} clips ({args.frames} x {args.size} px):")
-  for name, v in rows.items():
-    print(f"  {name:18s} {np.mean(v):.5f}  ({(base - np.mean(v)) / base:6.1%} below 'nothing')")
-  gain = np.mean(rows["colour, shape"]) - np.mean(rows["+ motion"])
-  print(f"the motion word is worth {gain:.5f} ({gain / np.mean(rows['colour, shape']):.1%} of the loss left "
-        f"once colour and shape are known); colour and shape together {base - np.mean(rows['colour, shape']):.5f}")
-
+  for name, value in loss.items():
+    print(f"  {name:18s} {value:.5f}  ({(base - value) / base:6.1%} below 'nothing')")
+  gain = known - loss["+ motion"]
+  print(f"the motion word is worth {gain:.5f} ({gain / known:.1%} of the loss left once colour and shape are "
+        f"known); colour and shape together {base - known:.5f}")
 
 if __name__ == "__main__":
   main()
