@@ -3,6 +3,8 @@
 Runs tiny models (`tiny=True`) with one timed rep; the PyTorch reference is never imported here.
 """
 import importlib.util
+import os
+import subprocess
 import sys
 
 import jax
@@ -79,6 +81,26 @@ def test_reference_script_accepts_the_arguments_and_skips_without_torch():
   assert result is None and "No module named 'torch'" in why and sys.executable in why
   result, why = maskgit_s.reference_records(*maskgit_s.bench_configs(tiny=True), reps=1)
   assert result is None and "No module named 'torch'" in why
+
+
+def test_torchvision_stand_in_serves_every_import_form_of_the_references():
+  """Both reference scripts import `torch_stubs.py` beside them. Without torchvision (this environment) it must
+  serve `import torchvision`, `import torchvision.transforms as T` with `T.ToTensor()` evaluated at import,
+  and `from torchvision.utils import ...`, the forms phenaki-pytorch and video-diffusion-pytorch use, and
+  refuse loudly if a benchmark ever calls a stand-in."""
+  if importlib.util.find_spec("torchvision") is not None:
+    pytest.skip("torchvision is installed: the stand-in is not used")
+  bench_dir = os.path.dirname(cvivit_s.__file__)
+  code = (f"import sys; sys.path.insert(0, {bench_dir!r}); import torch_stubs; torch_stubs.stub_torchvision()\n"
+          "import torchvision, torchvision.transforms as T\n"
+          "from torchvision import transforms, utils\n"
+          "from torchvision.utils import make_grid, save_image\n"
+          "from torchvision.datasets import ImageFolder\n"
+          "T.ToTensor(); assert transforms is T and torchvision.models.vgg16 is not None\n"
+          "try:\n  make_grid([])\nexcept RuntimeError as e:\n  print('refused:', e)\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  assert "refused: torchvision is not installed: make_grid" in proc.stdout
 
 
 def test_token_ids_survive_the_step_tokenization():

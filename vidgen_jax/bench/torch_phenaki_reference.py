@@ -22,6 +22,9 @@ import sys
 import time
 import types
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_stubs import stub_torchvision  # noqa: E402  (the sibling file; this script never imports vidgen_jax)
+
 
 def _times(fn, warmup, reps):
   for _ in range(warmup):
@@ -37,12 +40,9 @@ def _times(fn, warmup, reps):
 def _stub_missing_optional_modules():
   """phenaki-pytorch imports torchvision (only its VGG uses it), beartype (decorators) and, through its T5
   helper, transformers (only to encode raw text; the benchmark passes text embeddings). Stand-ins for those
-  that are missing, so a bare torch + einops + vector-quantize-pytorch environment can run the models."""
-  if importlib.util.find_spec("torchvision") is None:
-    tv = types.ModuleType("torchvision")
-    tv.models = types.SimpleNamespace(vgg16=None, VGG16_Weights=None)
-    tv.transforms = types.SimpleNamespace()
-    sys.modules["torchvision"] = tv
+  that are missing, so a bare torch + einops + vector-quantize-pytorch environment can run the models
+  (phenaki-pytorch installed with --no-deps)."""
+  stub_torchvision()
   if importlib.util.find_spec("beartype") is None:
     bt = types.ModuleType("beartype")
     bt.beartype = lambda f=None, **kw: f if f is not None else (lambda g: g)
@@ -56,6 +56,13 @@ def _stub_missing_optional_modules():
       raise RuntimeError("transformers is not installed: pass text embeddings")
     t5.t5_encode_text = t5_encode_text
     sys.modules["phenaki_pytorch.t5"] = t5
+  # The package's __init__ also imports its trainers (accelerate, ema_pytorch, cv2, tqdm, PIL); the benchmark
+  # needs only the model modules, so the package is registered bare and its submodules load on demand.
+  spec = importlib.util.find_spec("phenaki_pytorch")
+  if spec is not None and "phenaki_pytorch" not in sys.modules:
+    package = types.ModuleType("phenaki_pytorch")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["phenaki_pytorch"] = package
 
 
 def _cvivit(a):

@@ -9,7 +9,9 @@ import json
 import os
 import sys
 import time
-import types
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_stubs import stub_torchvision  # noqa: E402  (the sibling file; this script never imports vidgen_jax)
 
 
 def _times(fn, warmup, reps):
@@ -37,14 +39,7 @@ def main():
   a = p.parse_args()
 
   import torch
-  try:
-    import torchvision  # noqa: F401  (only the reference's Dataset/Trainer use it)
-  except Exception:  # the CPU torch wheel often has no matching torchvision: the model never touches it
-    stub = types.ModuleType("torchvision")
-    stub.transforms = types.SimpleNamespace(ToTensor=lambda *a, **k: None, ToPILImage=lambda *a, **k: None,
-                                            Compose=lambda *a, **k: None)
-    stub.utils = types.SimpleNamespace()
-    sys.modules["torchvision"] = stub
+  stub_torchvision()
   from video_diffusion_pytorch.video_diffusion_pytorch import GaussianDiffusion, Unet3D
 
   torch.set_num_threads(a.threads)
