@@ -250,13 +250,14 @@ def test_attention_matches_torch_layout(dim_head, rot_dim):
   np.testing.assert_allclose(_apply(module, params, x), ref, atol=1e-4, rtol=1e-4)
 
 
-def test_spatial_linear_attention_matches_torch_layout():
+@pytest.mark.parametrize("fold_values", [None, True, False])
+def test_spatial_linear_attention_matches_torch_layout(fold_values):
   heads, d, c, n = 2, 32, 6, 10
   x = _randn(3, n, c)
   w_qkv, w_out, b_out = _randn(3 * heads * d, c, 1, 1), _randn(c, heads * d, 1, 1), _randn(c)
   params = {"to_qkv": {"kernel": unet3d.convert_torch_value("pointwise", w_qkv)},
             "to_out": {"kernel": unet3d.convert_torch_value("pointwise", w_out), "bias": b_out}}
-  y = _apply(attention.SpatialLinearAttention(heads, d), params, x)
+  y = _apply(attention.SpatialLinearAttention(heads, d, fold_values=fold_values), params, x)
   # torch: 'b (h c) n' layout, q softmax over c, k softmax over n, context = k v^T, out = context^T q.
   qkv = np.einsum("oc,bnc->bon", w_qkv[:, :, 0, 0], x)
   q, k, v = (t.reshape(3, heads, d, n) for t in np.split(qkv, 3, 1))

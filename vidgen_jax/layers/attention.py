@@ -6,7 +6,8 @@
 * `Attention`: full self-attention with a fused bias-free `to_qkv` whose output is [q | k | v], each
   head-major (h, d) like torch's `chunk(3)` + `'(h d)'`, so a torch Linear weight maps by transpose; optional
   interleaved rotary embedding on the first `rotary_dim` channels of q and k (video-diffusion temporal attn).
-* `SpatialLinearAttention`: video-diffusion's linear attention (q softmax over features, k over positions).
+* `SpatialLinearAttention`: video-diffusion's linear attention (q softmax over features, k over positions),
+  with the value and output projections folded together where that is cheaper.
 * `CrossAttention`: queries from video features, keys/values from text tokens plus a learned null key/value
   that is always present, so a sample whose tokens are all masked out is still well defined.
 """
@@ -171,24 +172,67 @@ class Attention(nn.Module):
     return dense(x.shape[-1], ("heads", "embed"), name="to_out", **kw)(out)
 
 
+class DenseParams(nn.Module):
+  """The parameters of a `dense(features, axes, use_bias=...)` without applying it: (kernel, bias or None).
+
+  Same names, shapes, initialisers and logical axes as `dense`, for layers that use a projection's weights
+  in another order than input -> Dense (e.g. folded into another matrix)."""
+  features: int
+  axes: tuple
+  use_bias: bool = False
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, in_features):
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), self.axes),
+                        (in_features, self.features), self.param_dtype)
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axes[-1],)),
+                        (self.features,), self.param_dtype)
+    return kernel, bias
+
+
 class SpatialLinearAttention(nn.Module):
-  """Linear attention over N: softmax(q, features) * d^-0.5 and softmax(k, positions); out = (k^T v)^T q."""
+  """Linear attention over N: softmax(q, features) * d^-0.5 and softmax(k, positions); out = (k^T v)^T q.
+
+  The value and output projections are linear, so per head out_h W_out,h = q_h (k_h^T x) (W_v,h W_out,h):
+  with `fold_values` the layer computes the (D, C) matrices k_h^T x and never materialises the (N, H, D)
+  values and outputs, which halves the per-token work (2 N H D C instead of 2 N C H D + 2 N H D^2) at the
+  price of H D C^2 per sequence. None (default) folds when that is cheaper, C^2 < 2 N D; the result is
+  the same up to float rounding (the parameters are those of `to_qkv` and `to_out` either way).
+  """
   heads: int = 4
   dim_head: int = 32
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  fold_values: bool | None = None
 
   @nn.compact
   def __call__(self, x):
-    inner = self.heads * self.dim_head
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    q, k, v = SplitProjection(3, self.heads, self.dim_head, name="to_qkv", **kw)(x)  # (..., N, H, D)
-    q = jax.nn.softmax(q.astype(jnp.float32), axis=-1) * (self.dim_head**-0.5)
-    k = jax.nn.softmax(k.astype(jnp.float32), axis=-3)
-    context = jnp.einsum("...nhd,...nhe->...hde", k.astype(self.dtype), v)
-    out = jnp.einsum("...hde,...nhd->...nhe", context, q.astype(self.dtype))
-    out = out.reshape(*x.shape[:-1], inner)
-    return dense(x.shape[-1], ("heads", "embed"), name="to_out", use_bias=True, **kw)(out)
+    c, n = x.shape[-1], x.shape[-2]
+    heads, d, inner = self.heads, self.dim_head, self.heads * self.dim_head
+    w_qkv, _ = DenseParams(3 * inner, ("embed", "heads"), param_dtype=self.param_dtype, name="to_qkv")(c)
+    w_out, b_out = DenseParams(c, ("heads", "embed"), use_bias=True, param_dtype=self.param_dtype,
+                               name="to_out")(inner)
+    w_q, w_k, w_v = (w_qkv[:, i * inner:(i + 1) * inner].reshape(c, heads, d).astype(self.dtype) for i in range(3))
+    w_out = w_out.astype(self.dtype)
+    x = x.astype(self.dtype)
+    q = jnp.einsum("...c,chd->...hd", x, w_q)
+    k = jnp.einsum("...c,chd->...hd", x, w_k)
+    q = (jax.nn.softmax(q.astype(jnp.float32), axis=-1) * (d**-0.5)).astype(self.dtype)
+    k = jax.nn.softmax(k.astype(jnp.float32), axis=-3).astype(self.dtype)
+    fold = self.fold_values if self.fold_values is not None else c * c < 2 * n * d
+    if fold:
+      keys_x = jnp.einsum("...nhd,...nc->...hdc", k, x)
+      value_out = jnp.einsum("che,heo->hco", w_v, w_out.reshape(heads, d, c))
+      y = jnp.einsum("...nhd,...hdo->...no", q, jnp.einsum("...hdc,hco->...hdo", keys_x, value_out))
+    else:
+      v = jnp.einsum("...c,chd->...hd", x, w_v)
+      context = jnp.einsum("...nhd,...nhe->...hde", k, v)
+      out = jnp.einsum("...hde,...nhd->...nhe", context, q).reshape(*x.shape[:-1], inner)
+      y = out @ w_out
+    return y + b_out.astype(self.dtype)
 
 
 class CrossAttention(nn.Module):
