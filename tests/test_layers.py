@@ -283,3 +283,25 @@ def test_cross_attention_null_token_and_padding():
   zero_module = attention.CrossAttention(heads=2, dim_head=4)
   zero_init = zero_module.init_with_output(jax.random.key(0), x, ctx, mask)[0]
   assert np.all(np.asarray(zero_init) == 0)
+
+
+@pytest.mark.parametrize("dim_head,rot_dim,masked", [(8, None, False), (8, 8, True), (40, 32, True)])
+def test_leading_axis_attention_equals_attention_on_moved_axes(dim_head, rot_dim, masked):
+  """Same parameters, same numbers as `Attention` over (..., L, C) sequences, for x laid out (L, ..., C)."""
+  heads, length, c = 2, 5, 6
+  x = jnp.asarray(_randn(length, 3, 4, c))            # (L, B, P, C)
+  bias = jnp.asarray(_randn(heads, length, length))
+  mask = None
+  if masked:   # per-B masks, (B, 1, 1, L, L) against logits (B, P, H, L, L); one row attends to nothing
+    mask = jnp.asarray(np.random.default_rng(1).random((3, 1, 1, length, length)) > 0.4).at[0, 0, 0, 2].set(False)
+  leading = attention.LeadingAxisAttention(heads, dim_head, rotary_dim=rot_dim)
+  params = leading.init(jax.random.key(0), x, bias, mask)["params"]
+  y = _apply(leading, params, x, bias, mask)
+  moved = jnp.moveaxis(x, 0, -2)                      # (B, P, L, C)
+  ref = _apply(attention.Attention(heads, dim_head, rotary_dim=rot_dim), params, moved, bias, mask)
+  np.testing.assert_allclose(y, jnp.moveaxis(ref, -2, 0), atol=2e-6, rtol=1e-5)
+  grad = jax.grad(lambda p: jnp.sum(jnp.sin(_apply(leading, p, x, bias, mask))))(params)
+  grad_ref = jax.grad(lambda p: jnp.sum(jnp.sin(jnp.moveaxis(
+      _apply(attention.Attention(heads, dim_head, rotary_dim=rot_dim), p, moved, bias, mask), -2, 0))))(params)
+  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_ref)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vidgen_jax.layers import attention, norms
 from vidgen_jax.models import unet3d
+from vidgen_jax.models import unet3d_blocks as blocks
 from vidgen_jax.models.unet3d import Unet3D
 
 # state_dict of video_diffusion_pytorch 0.7.0 Unet3D(dim=32, dim_mults=(1, 2), attn_heads=2, attn_dim_head=16)
@@ -578,3 +580,30 @@ def test_tubelets_refuse_frame_wise_features_at_start_up():
   c.diffusion.frame_noise_prob, c.train.joint_images = 0.5, 2
   problems = validation.vdm_problems(c, num_devices=1)
   assert len(problems) == 2 and all("temporal_patch_size=2 folds frames" in q for q in problems), problems
+
+
+
+def test_temporal_block_gradient_is_the_gradient_of_its_forward():
+  """The temporal block evaluates through Attention on (B, H, W, T, C) sequences and differentiates through
+  LeadingAxisAttention on (T, B, H, W, C) (a custom VJP): both must match plain autodiff of the first."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 3, 4, 8))
+  pos_bias = jax.random.normal(jax.random.key(1), (2, 5, 5))
+  frame_mask = jnp.tril(jnp.ones((5, 5), bool))[None].repeat(2, 0).at[1].set(jnp.eye(5, dtype=bool))
+  block = blocks.TemporalAttentionBlock(2, 8, 8)
+  params = nn.unbox(block.init(jax.random.key(2), x, pos_bias, frame_mask)["params"])
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape), params)
+
+  def reference(p, x, b):
+    y = norms.ChannelLayerNorm().apply({"params": p["norm"]}, x)
+    y = attention.Attention(2, 8, rotary_dim=8).apply({"params": p["attn"]}, jnp.moveaxis(y, 1, -2), bias=b,
+                                                       mask=frame_mask[:, None, None, None])
+    return x + jnp.moveaxis(y, -2, 1)
+
+  out = block.apply({"params": params}, x, pos_bias, frame_mask)
+  np.testing.assert_allclose(out, reference(params, x, pos_bias), atol=1e-6)
+  loss = lambda f: lambda p, x, b: jnp.sum(jnp.sin(f(p, x, b)))
+  grads = jax.grad(loss(lambda p, x, b: block.apply({"params": p}, x, b, frame_mask)), argnums=(0, 1, 2))(
+      params, x, pos_bias)
+  expected = jax.grad(loss(reference), argnums=(0, 1, 2))(params, x, pos_bias)
+  for g, e in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(g, e, atol=2e-5, rtol=1e-4)

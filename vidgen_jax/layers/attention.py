@@ -6,6 +6,8 @@
 * `Attention`: full self-attention with a fused bias-free `to_qkv` whose output is [q | k | v], each
   head-major (h, d) like torch's `chunk(3)` + `'(h d)'`, so a torch Linear weight maps by transpose; optional
   interleaved rotary embedding on the first `rotary_dim` channels of q and k (video-diffusion temporal attn).
+* `LeadingAxisAttention`: `Attention`'s parameters and arithmetic along the leading axis of (L, ..., C)
+  (the U-Net's attention over frames, without transposing the video).
 * `SpatialLinearAttention`: video-diffusion's linear attention (q softmax over features, k over positions),
   with the value and output projections folded together where that is cheaper.
 * `CrossAttention`: queries from video features, keys/values from text tokens plus a learned null key/value
@@ -170,6 +172,50 @@ class Attention(nn.Module):
     out = dot_product_attention(q, k, v, bias=bias, mask=mask)
     out = out.reshape(*x.shape[:-1], inner)
     return dense(x.shape[-1], ("heads", "embed"), name="to_out", **kw)(out)
+
+
+class LeadingAxisAttention(Attention):
+  """Multi-head self-attention along the leading axis of x (L, *rest, C): every position of `rest` is its
+  own sequence of L tokens. The same parameters (`to_qkv`, `to_out`), rotary and arithmetic as `Attention`
+  applied to x moved to (*rest, L, C), without moving it.
+
+  For the U-Net's temporal attention over frames: with the frames leading, the per-frame rotary projection
+  is a matmul batched over the leading axis, so neither it nor its gradient transposes the (L, *rest, H, D)
+  activations. On XLA:CPU its forward + backward is the faster one (VDM-S train step 10% faster than through
+  `Attention` on (B*H*W, T, C) sequences) and its forward alone the slower one (denoising step 6-10%), so
+  the U-Net differentiates through it and evaluates through `Attention` (`unet3d_blocks._frame_attention`).
+
+  bias: broadcastable to (H, L, L), shared by all sequences (relative positions). mask: bool, broadcastable to
+  (*rest, H, L, L), True where query i may attend to key j.
+  """
+
+  @nn.compact
+  def __call__(self, x, bias=None, mask=None):
+    length, rest, c = x.shape[0], x.shape[1:-1], x.shape[-1]
+    heads, d, inner = self.heads, self.dim_head, self.heads * self.dim_head
+    kernel, _ = DenseParams(3 * inner, ("embed", "heads"), param_dtype=self.param_dtype, name="to_qkv")(c)
+    flat = x.reshape(length, -1, c).astype(self.dtype)
+    angles = (position.rotary_angles(jnp.arange(length), self.rotary_dim, self.rotary_theta)
+              if self.rotary_dim else None)
+    q, k, v = [], [], []
+    for i, out in enumerate((q, k, v)):
+      part = kernel[:, i * inner:(i + 1) * inner].reshape(c, heads, d)
+      if angles is not None and i < 2:   # rotary folded into one kernel per position, as in SplitProjection
+        out.append(jnp.einsum("lpc,lchd->lphd", flat, position.apply_rotary(part[None], angles[:, None, None, :]
+                                                                            ).astype(self.dtype)))
+      else:
+        out.append(jnp.einsum("lpc,chd->lphd", flat, part.astype(self.dtype)))
+    q, k, v = q[0] * (d**-0.5), k[0], v[0]
+    logits = jnp.einsum("sphd,tphd->phst", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+      logits = add_bias(logits, bias.astype(jnp.float32))
+    if mask is not None:
+      mask = jnp.broadcast_to(mask, (*rest, heads, length, length)).reshape(logits.shape)
+      logits = jnp.where(mask, logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("phst,tphd->sphd", probs.astype(self.dtype), v).reshape(length, -1, inner)
+    y = dense(c, ("heads", "embed"), name="to_out", flat=True, dtype=self.dtype, param_dtype=self.param_dtype)(out)
+    return y.reshape(x.shape[:-1] + (c,))
 
 
 class DenseParams(nn.Module):
