@@ -1,9 +1,8 @@
-"""Unet3D: torch parameter layout, numpy transcription of the torch forward, conditioning, remat, bf16."""
+"""Unet3D: torch parameter layout, numpy transcription of the torch forward, conditioning, remat, bf16, the
+temporal block's custom VJP. Options beyond the reference: test_unet3d_additions.py."""
 import functools
-import math
 
 import flax.linen as nn
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +12,7 @@ from vidgen_jax.layers import attention, norms
 from vidgen_jax.models import unet3d
 from vidgen_jax.models import unet3d_blocks as blocks
 from vidgen_jax.models.unet3d import Unet3D
+from tests.unet3d_setup import B, L, T, TEXT_CFG, TINY, abstract_params, flat_params, setup_unet, unet_inputs
 
 # state_dict of video_diffusion_pytorch 0.7.0 Unet3D(dim=32, dim_mults=(1, 2), attn_heads=2, attn_dim_head=16)
 # (research/torch_state_dicts.md). model.parameters() counts the 6 tied rotary `freqs` entries once: 728715.
@@ -173,51 +173,7 @@ ROTARY_FREQS_NUMEL = 8  # one shared RotaryEmbedding(16) tensor, recomputed rath
 
 LOGICAL_NAMES = {None, "conv_h", "conv_w", "conv_in", "conv_out", "embed", "mlp", "heads", "norm", "buckets",
                  "cond"}
-TINY = dict(dim=8, dim_mults=(1, 2), attn_heads=2)
-TEXT_CFG = dict(TINY, cond_dim=6, attn_dim_head=8, text_token_dim=5)
 REF_CFG = dict(TINY, cond_dim=6, attn_dim_head=40)  # dim_head > 32: partial rotary
-B, T, S, L = 2, 4, 8, 3
-
-
-def _flat(tree):
-  return {"/".join(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _abstract_params(model, *args, boxed=False, **kwargs):
-  variables = jax.eval_shape(functools.partial(model.init, **kwargs), jax.random.key(0), *args)
-  return variables["params"] if boxed else nn.unbox(variables["params"])
-
-
-def _inputs(seed=0, cond_dim=6, text_dim=5):
-  rng = np.random.default_rng(seed)
-  return dict(x=rng.uniform(-1, 1, (B, T, S, S, 3)).astype(np.float32), time=np.array([3, 977]),
-              cond=rng.standard_normal((B, cond_dim)).astype(np.float32),
-              tokens=rng.standard_normal((B, L, text_dim)).astype(np.float32))
-
-
-def _random_params(model, *args, seed=0, **kwargs):
-  """Random params of the right tree (fast: no RNG compile); gains near 1, kernels ~ 1/sqrt(fan_in)."""
-  rng = np.random.default_rng(seed)
-
-  def make(path, leaf):
-    name, shape = path[-1].key, leaf.shape
-    if name == "gamma":
-      value = 1 + 0.2 * rng.standard_normal(shape)
-    elif name == "kernel":
-      value = rng.standard_normal(shape) / math.sqrt(np.prod(shape[:-1]))
-    else:
-      value = 0.5 * rng.standard_normal(shape)
-    return jnp.asarray(value, jnp.float32)
-  return jax.tree_util.tree_map_with_path(make, _abstract_params(model, *args, **kwargs))
-
-
-def _setup(cfg, seed=0, **model_kwargs):
-  model = Unet3D(**cfg, **model_kwargs)
-  inp = _inputs(seed)
-  cond = inp["cond"] if cfg.get("cond_dim") else None
-  kwargs = dict(text_tokens=inp["tokens"]) if cfg.get("text_token_dim") else {}
-  params = _random_params(model, inp["x"], inp["time"], cond, seed=seed, **kwargs)
-  return model, params, inp
 
 
 # ---------------------------------------------------------------------------------- layout
@@ -225,7 +181,7 @@ def _setup(cfg, seed=0, **model_kwargs):
 
 def test_param_tree_matches_torch_state_dict_one_to_one():
   model = Unet3D(dim=32, dim_mults=(1, 2), attn_heads=2, attn_dim_head=16)
-  flax = _flat(_abstract_params(model, jnp.zeros((1, 4, 16, 16, 3)), jnp.zeros((1,))))
+  flax = flat_params(abstract_params(model, jnp.zeros((1, 4, 16, 16, 3)), jnp.zeros((1,))))
   mapped, dropped = {}, 0
   for line in TORCH_LISTING.strip().splitlines():
     key, shape = line.split("  ")
@@ -247,22 +203,22 @@ def test_param_tree_matches_torch_state_dict_one_to_one():
 
 def test_param_tree_cond_and_no_linear_attention_variants():
   x, t = jnp.zeros((1, 4, 16, 16, 3)), jnp.zeros((1,))
-  cond = _flat(_abstract_params(Unet3D(dim=32, dim_mults=(1, 2), attn_heads=2, attn_dim_head=16, cond_dim=24),
+  cond = flat_params(abstract_params(Unet3D(dim=32, dim_mults=(1, 2), attn_heads=2, attn_dim_head=16, cond_dim=24),
                                 x, t, jnp.zeros((1, 24))))
   assert cond["null_cond_emb"].shape == (1, 24)
   assert cond["downs_1_resnet1/mlp/kernel"].shape == (152, 128)  # torch (128, 152): [time_emb ; cond]
   assert cond["mid_block2/mlp/kernel"].shape == (152, 128)
-  plain = _flat(_abstract_params(Unet3D(dim=32, dim_mults=(1, 2), attn_heads=2, attn_dim_head=16,
+  plain = flat_params(abstract_params(Unet3D(dim=32, dim_mults=(1, 2), attn_heads=2, attn_dim_head=16,
                                         use_sparse_linear_attn=False), x, t))
   assert not any("spatial_attn" in k and not k.startswith("mid_") for k in plain)
   assert len(plain) == 144 - 16
 
 
 def test_params_carry_logical_axis_names():
-  model, _, inp = _setup(TEXT_CFG)
-  boxed = _abstract_params(model, inp["x"], inp["time"], inp["cond"], boxed=True, text_tokens=inp["tokens"])
+  model, _, inp = setup_unet(TEXT_CFG)
+  boxed = abstract_params(model, inp["x"], inp["time"], inp["cond"], boxed=True, text_tokens=inp["tokens"])
   leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda v: isinstance(v, nn.LogicallyPartitioned))
-  assert len(leaves) == len(_flat(nn.unbox(boxed)))
+  assert len(leaves) == len(flat_params(nn.unbox(boxed)))
   for leaf in leaves:
     assert isinstance(leaf, nn.LogicallyPartitioned)
     assert len(leaf.names) == len(leaf.value.shape) and set(leaf.names) <= LOGICAL_NAMES, leaf.names
@@ -301,10 +257,10 @@ def test_output_shapes(cfg, frames, side):
 
 def test_real_init_and_forward():
   model = Unet3D(dim=8, dim_mults=(1,), attn_heads=2, attn_dim_head=8, cond_dim=6, text_token_dim=5)
-  inp = _inputs()
+  inp = unet_inputs()
   out, variables = jax.jit(model.init_with_output)(jax.random.key(0), inp["x"], inp["time"], inp["cond"],
                                                    text_tokens=inp["tokens"])
-  params = _flat(nn.unbox(variables["params"]))
+  params = flat_params(nn.unbox(variables["params"]))
   assert all(v.dtype == jnp.float32 for v in params.values())
   assert np.all(np.asarray(params["downs_0_cross_attn/attn/to_out/kernel"]) == 0)  # starts as identity
   assert np.all(np.asarray(params["downs_0_resnet1/block1/norm/gamma"]) == 1)
@@ -315,7 +271,7 @@ from tests.unet3d_numpy_ref import _TorchView, _reference_unet  # noqa: E402
 
 
 def test_matches_numpy_transcription_of_torch_forward():
-  model, params, inp = _setup(REF_CFG)
+  model, params, inp = setup_unet(REF_CFG)
   apply = jax.jit(model.apply)
   null_cond = np.array([True, False])
   for focus in ([False, True], [True, True], [False, False]):
@@ -333,7 +289,7 @@ def test_matches_numpy_transcription_of_torch_forward():
 
 @pytest.fixture(scope="module")
 def text_model():
-  model, params, inp = _setup(TEXT_CFG, seed=1)
+  model, params, inp = setup_unet(TEXT_CFG, seed=1)
   apply = jax.jit(lambda p, x, cond, tokens, mask, null_cond, focus: model.apply(
       {"params": p}, x, inp["time"], cond, null_cond=null_cond, text_tokens=tokens, text_mask=mask,
       focus_present_mask=focus))
@@ -393,7 +349,7 @@ def test_zero_cross_attention_output_is_the_reference_architecture(text_model):
 
 def test_remat_gives_identical_outputs_and_gradients():
   cfg = dict(dim=8, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8, cond_dim=6)
-  _, params, inp = _setup(cfg)
+  _, params, inp = setup_unet(cfg)
   results = []
   for remat in (False, True):
     model = Unet3D(**cfg, remat=remat)
@@ -414,7 +370,7 @@ def test_remat_gives_identical_outputs_and_gradients():
 
 
 def test_bfloat16_compute_stays_close_to_float32():
-  model, params, inp = _setup(TEXT_CFG, seed=2)
+  model, params, inp = setup_unet(TEXT_CFG, seed=2)
   args = (inp["x"], inp["time"], inp["cond"])
   ref = jax.jit(model.apply)({"params": params}, *args, text_tokens=inp["tokens"])
   bf16 = jax.jit(Unet3D(**TEXT_CFG, dtype=jnp.bfloat16).apply)({"params": params}, *args,
@@ -439,148 +395,6 @@ def test_sharding_constraints_under_a_mesh_change_nothing(text_model):
   assert lowered.as_text().count("sharding_constraint") > 50
   mask = np.ones((B, L), bool)
   np.testing.assert_allclose(np.asarray(sharded), np.asarray(run(params, inp["x"], mask=mask)), atol=1e-5)
-
-
-def test_absolute_frame_embedding_is_optional_and_breaks_time_shift_symmetry():
-  model, params, inp = _setup(dict(TINY, max_frames_embedding=6))
-  assert params["frame_emb"].shape == (6, TINY["dim"])
-  x = np.repeat(inp["x"][:, :1], T, axis=1)               # the same frame T times
-  out = np.asarray(jax.jit(model.apply)({"params": params}, x, inp["time"]))
-  assert np.abs(out[:, 0] - out[:, 1]).max() > 1e-3       # frames now differ by their absolute index
-  params["frame_emb"] = jnp.zeros_like(params["frame_emb"])
-  plain = Unet3D(**TINY)
-  no_emb = {k: v for k, v in params.items() if k != "frame_emb"}
-  np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, x, inp["time"]),
-                             jax.jit(plain.apply)({"params": no_emb}, x, inp["time"]), atol=1e-5)
-  with pytest.raises(ValueError, match="max_frames_embedding"):
-    Unet3D(**dict(TINY, max_frames_embedding=2)).init(jax.random.key(0), inp["x"], inp["time"])
-
-
-def test_frame_cond_mlp_starts_as_identity_and_makes_film_depend_on_the_frame():
-  cfg = dict(TINY, cond_dim=6, frame_cond_mlp=16)
-  model, params, inp = _setup(cfg, seed=3)
-  assert params["frame_cond_mlp"]["dense_in"]["kernel"].shape == (4 * TINY["dim"] + 6 + 16, 16)
-  x = np.repeat(inp["x"][:, :1], T, axis=1)               # the same frame T times
-  apply = jax.jit(lambda m, p, c: m.apply({"params": p}, x, inp["time"], c), static_argnums=0)
-  out = np.asarray(apply(model, params, inp["cond"]))
-  assert np.abs(out[:, 0] - out[:, T - 1]).max() > 1e-3   # each frame gets its own FiLM condition
-  plain = Unet3D(**dict(TINY, cond_dim=6))
-  rest = {k: v for k, v in params.items() if k != "frame_cond_mlp"}
-  same = np.asarray(apply(plain, rest, inp["cond"]))
-  np.testing.assert_allclose(same[:, 0], same[:, T - 1], atol=1e-5)  # the reference: frames stay equal
-  zero_out = jax.tree.map(jnp.zeros_like, params["frame_cond_mlp"]["dense_out"])
-  init_like = dict(params, frame_cond_mlp=dict(params["frame_cond_mlp"], dense_out=zero_out))
-  np.testing.assert_allclose(apply(model, init_like, inp["cond"]), same, atol=1e-5)
-  fresh = nn.unbox(model.init(jax.random.key(0), inp["x"], inp["time"], inp["cond"])["params"])
-  assert not np.any(fresh["frame_cond_mlp"]["dense_out"]["kernel"])  # zero-initialised: starts as reference
-  with pytest.raises(ValueError, match="frame_cond_mlp"):
-    Unet3D(dim=8, dim_mults=(1,), frame_cond_mlp=8)
-
-
-def test_position_features_start_as_identity_and_feed_absolute_positions():
-  from vidgen_jax.layers import embeddings
-  grid = np.asarray(embeddings.fourier_grid_embedding(4, 6, 2))
-  assert grid.shape == (4, 6, 8)
-  np.testing.assert_allclose(grid[:, :, :4], grid[:, :1, :4].repeat(6, 1))    # row features: same along a row
-  np.testing.assert_allclose(grid[1, 2, 4:], [np.sin(np.pi * -1 / 6), np.sin(2 * np.pi * -1 / 6),
-                                              np.cos(np.pi * -1 / 6), np.cos(2 * np.pi * -1 / 6)], atol=1e-6)
-  model, params, inp = _setup(dict(TINY, position_features=3), seed=4)
-  assert params["position_proj"]["kernel"].shape == (12, TINY["dim"])
-  x = np.zeros_like(inp["x"])                                          # no input signal: only positions
-  apply = jax.jit(lambda m, p, x: m.apply({"params": p}, x, inp["time"]), static_argnums=0)
-  plain = Unet3D(**TINY)
-  rest = {k: v for k, v in params.items() if k != "position_proj"}
-  assert np.abs(np.asarray(apply(model, params, x)) - np.asarray(apply(plain, rest, x))).max() > 1e-3
-  zero = dict(params, position_proj={"kernel": jnp.zeros_like(params["position_proj"]["kernel"])})
-  np.testing.assert_allclose(apply(model, zero, inp["x"]), apply(plain, rest, inp["x"]), atol=1e-5)
-  fresh = nn.unbox(model.init(jax.random.key(0), inp["x"], inp["time"])["params"])
-  assert not np.any(fresh["position_proj"]["kernel"])                  # zero-initialised: starts as reference
-  wide = np.zeros((B, T, S, 2 * S, 3), np.float32)                     # any grid size works
-  assert apply(model, params, wide).shape == wide.shape
-
-
-def test_text_cond_mlp_pools_real_tokens_into_film_and_respects_null_cond():
-  cfg = dict(TEXT_CFG, cross_attention=False, text_cond_mlp=16)
-  model, params, inp = _setup(cfg, seed=2)
-  assert "text_cond_mlp" in params and not any(k.endswith("cross_attn") for k in params)
-  mask = np.array([[True, True, False], [True, True, True]])
-  apply = jax.jit(lambda p, tokens, null: model.apply({"params": p}, inp["x"], inp["time"], inp["cond"],
-                                                      null_cond=null, text_tokens=tokens, text_mask=mask))
-  null = np.array([True, False])
-  base = np.asarray(apply(params, inp["tokens"], null))
-  padded = inp["tokens"].copy()
-  padded[0, 2] = padded[1, 0] = 40.0   # a padding token of sample 0 and a real token of sample 1
-  out = np.asarray(apply(params, padded, null))
-  np.testing.assert_allclose(out[0], base[0], atol=1e-5)   # null condition: tokens ignored
-  assert np.abs(out[1] - base[1]).max() > 1e-3             # real token changed: the output follows
-  with pytest.raises(ValueError, match="text_cond_mlp"):
-    Unet3D(dim=8, dim_mults=(1,), text_cond_mlp=8)
-
-
-def test_temporal_conv_resnets_start_as_the_reference_and_learn_from_there():
-  model, params, inp = _setup(dict(TINY, temporal_conv=3))
-  real = _flat(nn.unbox(jax.eval_shape(model.init, jax.random.key(0), inp["x"], inp["time"])["params"]))
-  names = [k for k in real if "temporal_conv" in k]
-  assert names and not any(k.startswith("final_block") for k in names)
-  assert real["downs_0_resnet1/temporal_conv/kernel"].shape == (3, 8, 8)
-  init = _flat(nn.unbox(jax.jit(model.init)(jax.random.key(0), inp["x"], inp["time"])["params"]))
-  assert all(np.all(np.asarray(init[k]) == 0) for k in names)
-  params = {k: jnp.zeros_like(v) if "temporal_conv" in k else v for k, v in _flat(params).items()}
-  rest = {k: v for k, v in params.items() if "temporal_conv" not in k}
-  unflat = lambda flat: traverse_util.unflatten_dict(flat, sep="/")
-  np.testing.assert_allclose(jax.jit(model.apply)({"params": unflat(params)}, inp["x"], inp["time"]),
-                             jax.jit(Unet3D(**TINY).apply)({"params": unflat(rest)}, inp["x"], inp["time"]),
-                             atol=1e-5)
-  grads = _flat(jax.jit(jax.grad(lambda p: (model.apply({"params": p}, inp["x"], inp["time"]) ** 2).sum()))(
-      unflat(params)))
-  assert all(np.abs(np.asarray(grads[k])).max() > 0 for k in names)
-
-
-def test_per_frame_time_matches_shared_time_and_conditions_each_frame():
-  """time (B, T): equal per-frame times give the (B,) output; a frame's own time changes that frame."""
-  model, params, inp = _setup(dict(TINY, cond_dim=6), seed=4)
-  apply = jax.jit(lambda t: model.apply({"params": params}, inp["x"], t, inp["cond"]))
-  shared = np.asarray(apply(inp["time"]))
-  tiled = np.repeat(inp["time"][:, None], T, axis=1)
-  np.testing.assert_allclose(apply(tiled), shared, atol=1e-5)
-  mixed = tiled.copy()
-  mixed[:, 1] = 500
-  out = np.asarray(apply(mixed))
-  assert np.abs(out[:, 1] - shared[:, 1]).max() > 1e-3
-  with pytest.raises(ValueError, match="per-frame time"):
-    model.apply({"params": params}, inp["x"], tiled[:, :T - 1], inp["cond"])
-
-
-def test_patching_round_trips_and_tubelets_fold_frames():
-  from vidgen_jax.models import patched
-  x = np.arange(2 * 4 * 8 * 8 * 3, dtype=np.float32).reshape(2, 4, 8, 8, 3)
-  for p, pt in ((2, 1), (4, 2), (1, 4)):
-    tokens = patched.to_patches(x, p, pt)
-    assert tokens.shape == (2, 4 // pt, 8 // p, 8 // p, 3 * p * p * pt)
-    np.testing.assert_array_equal(patched.from_patches(tokens, p, pt), x)
-  tokens = np.asarray(patched.to_patches(x, 2, 2))
-  np.testing.assert_array_equal(tokens[0, 1, 0, 0, :12], x[0, 2, :2, :2].reshape(-1))   # frame 2 of tubelet 1
-  np.testing.assert_array_equal(tokens[0, 1, 0, 0, 12:], x[0, 3, :2, :2].reshape(-1))   # then frame 3
-  model = patched.Patched(Unet3D(dim=8, dim_mults=(1, 2), attn_heads=2, channels=3 * 2 * 2 * 2), 2, 2)
-  params = _random_params(model, x, np.array([3, 977]))
-  out = model.apply({"params": params}, x, np.array([3, 977]))
-  assert out.shape == x.shape
-  with pytest.raises(ValueError, match="divisible by temporal_patch_size"):
-    model.apply({"params": params}, x[:, :3], np.array([3, 977]))
-  with pytest.raises(ValueError, match="per-frame timesteps"):
-    model.apply({"params": params}, x, np.full((2, 4), 3))
-
-
-def test_tubelets_refuse_frame_wise_features_at_start_up():
-  from vidgen_jax import configs
-  from vidgen_jax.train import validation
-  c = configs.load_config_file("configs/vdm_shapes.py:runlocal=True")
-  c.model.temporal_patch_size = 2
-  assert validation.vdm_problems(c, num_devices=1) == []
-  c.diffusion.frame_noise_prob, c.train.joint_images = 0.5, 2
-  problems = validation.vdm_problems(c, num_devices=1)
-  assert len(problems) == 2 and all("temporal_patch_size=2 folds frames" in q for q in problems), problems
-
 
 
 def test_temporal_block_gradient_is_the_gradient_of_its_forward():
