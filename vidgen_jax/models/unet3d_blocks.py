@@ -226,13 +226,11 @@ def _leading(params, y, bias, mask, layer):
 
 
 def _frame_attention_fwd(params, y, bias, mask, layer):
-  out, vjp = jax.vjp(lambda p, y, b: _leading(p, y, b, mask, layer), params, y, bias)
-  return out, (vjp, mask)
+  return jax.vjp(lambda p, y, b: _leading(p, y, b, mask, layer), params, y, bias)
 
 
-def _frame_attention_bwd(layer, res, g):
-  vjp, mask = res
-  return (*vjp(g), None)
+def _frame_attention_bwd(layer, vjp, g):
+  return (*vjp(g), None)   # no cotangent for the boolean mask
 
 
 _frame_attention.defvjp(_frame_attention_fwd, _frame_attention_bwd)
