@@ -91,6 +91,46 @@ def test_lfq_entropy_and_commitment_terms():
   assert float(collapsed["batch_entropy"]) < 1e-3 and float(collapsed["entropy_aux"]) > float(aux["entropy_aux"]) + 2
 
 
+def _numpy_lfq_entropies(h, temperature, floor):
+  """The code distribution written out over all 2^B codes, in float64 (vector-quantize-pytorch's formula)."""
+  h = np.asarray(h, np.float64)
+  codes = np.asarray(q.sign_patterns(h.shape[-1]), np.float64)
+  logits = 2.0 * h @ codes.T / temperature
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  ent = lambda p: -np.sum(p * np.log(np.maximum(p, floor)), axis=-1)
+  return ent(p).mean(), ent(p.mean(0))
+
+
+@pytest.mark.parametrize("bits", [1, 3, 4, 7])
+@pytest.mark.parametrize("scale", [1e-3, 2e-2, 0.3])
+def test_lfq_factorised_entropies_equal_the_full_code_distribution(bits, scale):
+  h = scale * jax.random.normal(jax.random.key(bits), (96, bits))
+  per_token, batch = jax.jit(q.lfq_entropies, static_argnums=1)(h, 0.01)
+  want = _numpy_lfq_entropies(h, 0.01, floor=1e-300)
+  np.testing.assert_allclose([float(per_token), float(batch)], want, rtol=2e-5, atol=2e-6)
+  # the same gradient as autodiff through the materialised softmax (floor 0: no clamp)
+  loss = lambda f: (lambda h: (lambda e: e[0] - e[1])(f(h, 0.01)))
+  dense = lambda h, t: q.lfq_entropies_dense(h, t, floor=0.0)
+  g, g_dense = jax.grad(loss(q.lfq_entropies))(h), jax.grad(loss(dense))(h)
+  np.testing.assert_allclose(g, g_dense, rtol=1e-3, atol=1e-4 * float(jnp.abs(g_dense).max()) + 1e-6)
+
+
+def test_lfq_reference_entropy_reproduces_the_torch_clamp():
+  # soft codes (|h| ~ T): many of the 256 codes have p < 1e-5, where torch's clamp changes the entropies
+  h = 0.01 * jax.random.normal(jax.random.key(0), (64, 8))
+  lfq = q.LFQ(256, dim=8, reference_entropy=True)
+  params = lfq.init(jax.random.key(1), h)
+  aux = lfq.apply(params, h, train=True)[2]
+  want = _numpy_lfq_entropies(h, 0.01, floor=1e-5)
+  np.testing.assert_allclose([float(aux["per_token_entropy"]), float(aux["batch_entropy"])], want, atol=1e-5)
+  # the default is the exact entropy; here the clamp moves it by 1.6e-4 nats (of 2.37), about its largest effect
+  exact = q.LFQ(256, dim=8).apply(params, h, train=True)[2]
+  np.testing.assert_allclose(float(exact["per_token_entropy"]), _numpy_lfq_entropies(h, 0.01, 1e-300)[0],
+                             atol=1e-5)
+  assert 1e-4 < float(exact["per_token_entropy"]) - want[0] < 3e-4
+
+
 def test_vq_nearest_cosine_code_ema_update_and_straight_through():
   vq = q.VQ(8, dim=3, decay=0.5)
   z = jax.random.normal(jax.random.key(0), (40, 3)) * 3.0

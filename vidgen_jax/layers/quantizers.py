@@ -15,9 +15,13 @@ terms and updates; every quantizer also has `decode_indices(indices) -> quantize
   +-1 by its sign, index = the bit pattern (first channel = most significant bit), Dense back. Loss (train
   only) = entropy_weight * (mean per-token entropy - diversity_gamma * entropy of the batch-mean code
   distribution) + commitment_weight * mean((x - sign(x))^2), the code distribution being
-  softmax(2 x . c / temperature) over all K codes c (memory: tokens x K floats). Defaults are those of
-  vector-quantize-pytorch's LFQ that phenaki-pytorch 0.5.0 was written against: weights 0.1 and 0.25,
-  gamma 1, temperature 1/100. The projections exist only when dim != log2 K.
+  softmax(2 x . c / temperature) over all K codes c. That distribution is a product of one Bernoulli per bit,
+  so both entropies are computed exactly without the (tokens, K) table (`lfq_entropies`: a sum of binary
+  entropies, and the mean distribution as a (sqrt K, tokens) x (tokens, sqrt K) product); `reference_entropy=
+  True` instead materialises it as vector-quantize-pytorch does, with torch's clamp(p, 1e-5) inside both logs
+  (`lfq_entropies_dense`). Defaults are those of vector-quantize-pytorch's LFQ that phenaki-pytorch 0.5.0 was
+  written against: weights 0.1 and 0.25, gamma 1, temperature 1/100. The projections exist only when
+  dim != log2 K.
 * `VQ(codebook_size, dim)` (phenaki's `VectorQuantize(use_cosine_sim=True)`): inputs and codes on the unit
   sphere, nearest code by cosine similarity, codebook updated by an exponential moving average of the
   assigned (normalised) inputs (decay 0.8), not by gradients. Loss = commitment_weight * mean((x_n - q)^2).
@@ -57,6 +61,55 @@ def perplexity(indices, codebook_size: int):
 def straight_through(x, q):
   """q in the forward pass, the identity w.r.t. x in the backward pass."""
   return x + jax.lax.stop_gradient(q - x)
+
+
+def sign_patterns(bits: int):
+  """(2**bits, bits) float32 +-1: row k is the binary pattern of k, first column the most significant bit."""
+  weights = 2 ** jnp.arange(bits - 1, -1, -1, dtype=jnp.int32)
+  return jnp.where((jnp.arange(2 ** bits, dtype=jnp.int32)[:, None] & weights) > 0, 1.0, -1.0)
+
+
+def _bit_log_norm(a):
+  """sum_b log(2 cosh(a_b / 2)), stably: the log normaliser of exp(c_b a_b / 2) over c_b = +-1."""
+  return jnp.sum(0.5 * jnp.abs(a) + jnp.log1p(jnp.exp(-jnp.abs(a))), axis=-1, keepdims=True)
+
+
+def _pattern_probs(a):
+  """(N, b) bit logits -> (N, 2**b): the probability of every sign pattern of these b independent bits."""
+  dot = jnp.einsum("nb,kb->nk", a, sign_patterns(a.shape[-1]), precision=jax.lax.Precision.HIGHEST)
+  return jnp.exp(0.5 * dot - _bit_log_norm(a))
+
+
+def _entropy(p, floor):
+  return -jnp.sum(p * jnp.log(jnp.maximum(p, floor)), axis=-1)
+
+
+def lfq_entropies(h, temperature: float):
+  """Exact (mean per-token entropy, entropy of the token-mean distribution) of p(c | h) = softmax_c(2 h . c / T)
+  over the codes c in {-1, +1}^B, for h (N, B).
+
+  2 h . c / T = sum_b c_b a_b / 2 with a_b = 4 h_b / T, so p(c | h) = prod_b sigmoid(c_b a_b): independent
+  bits. The per-token entropy is the sum of B binary entropies, log(1 + e^-|a|) + |a| sigmoid(-|a|). With the
+  bits split into a high half (B1) and a low half (B2), the mean distribution is
+  mean_n P1[n, c1] P2[n, c2] = (P1^T P2 / N)[c1, c2], flattened row-major into the code index. Memory and
+  time O(N (2^B1 + 2^B2)) instead of O(N 2^B).
+  """
+  a = 4.0 * h.reshape(-1, h.shape[-1]).astype(jnp.float32) / temperature
+  half = a.shape[-1] // 2
+  per_token = jnp.sum(jnp.log1p(jnp.exp(-jnp.abs(a))) + jnp.abs(a) * jax.nn.sigmoid(-jnp.abs(a)), axis=-1)
+  mean = jnp.einsum("nh,nl->hl", _pattern_probs(a[:, :half]), _pattern_probs(a[:, half:]),
+                    precision=jax.lax.Precision.HIGHEST).reshape(-1) / a.shape[0]
+  return jnp.mean(per_token), _entropy(mean, jnp.finfo(jnp.float32).tiny)
+
+
+def lfq_entropies_dense(h, temperature: float, floor: float = 1e-5):
+  """`lfq_entropies` as vector-quantize-pytorch computes them: the (N, 2^B) softmax materialised, log(max(p,
+  floor)) in both entropies (its clamp(min=1e-5)). floor=0 gives the exact values, at O(N 2^B) cost."""
+  h = h.reshape(-1, h.shape[-1]).astype(jnp.float32)
+  logits = 2.0 * jnp.einsum("nb,kb->nk", h, sign_patterns(h.shape[-1]), precision=jax.lax.Precision.HIGHEST)
+  probs = jax.nn.softmax(logits / temperature, axis=-1)
+  floor = max(floor, float(jnp.finfo(jnp.float32).tiny))
+  return jnp.mean(_entropy(probs, floor)), _entropy(jnp.mean(probs, axis=0), floor)
 
 
 def _stats(indices, codebook_size):
@@ -140,6 +193,7 @@ class LFQ(nn.Module):
   commitment_weight: float = 0.25
   diversity_gamma: float = 1.0
   temperature: float = 0.01
+  reference_entropy: bool = False        # True: the (tokens, K) softmax with torch's clamp (lfq_entropies_dense)
 
   def __post_init__(self):
     if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
@@ -167,11 +221,9 @@ class LFQ(nn.Module):
 
   def entropy_terms(self, h):
     """(mean per-token entropy, entropy of the mean code distribution) of softmax(2 h . c / temperature)."""
-    codes = self.indices_to_bits(jnp.arange(self.codebook_size))                  # (K, B)
-    logits = 2.0 * jnp.einsum("nb,kb->nk", h.reshape(-1, self.bits).astype(jnp.float32), codes)
-    probs = jax.nn.softmax(logits / self.temperature, axis=-1)
-    entropy = lambda p: -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-5)), axis=-1)   # torch's clamp(min=1e-5)
-    return jnp.mean(entropy(probs)), entropy(jnp.mean(probs, axis=0))
+    if self.reference_entropy:
+      return lfq_entropies_dense(h, self.temperature)
+    return lfq_entropies(h, self.temperature)
 
   def setup(self):
     if self.has_projections:

@@ -28,6 +28,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import optax
+from flax.core import FrozenDict
 
 from vidgen_jax.layers.quantizers import VQ_COLLECTION, reseed_dead_codes
 from vidgen_jax.losses import gan, perceptual
@@ -45,7 +46,9 @@ def build_model(config) -> CViViT:
                 temporal_patch_size=m.temporal_patch_size, spatial_depth=m.spatial_depth,
                 temporal_depth=m.temporal_depth, heads=m.heads, dim_head=m.dim_head, quantizer=m.quantizer,
                 codebook_size=m.codebook_size, fsq_levels=tuple(m.fsq_levels),
-                reference_compat=bool(m.get("reference_compat", False)))
+                reference_compat=bool(m.get("reference_compat", False)),
+                quantizer_kwargs=(FrozenDict(reference_entropy=True)
+                                  if m.quantizer == "lfq" and m.get("lfq_reference_entropy", False) else None))
 
 
 def validate(config, num_devices: int, num_processes: int = 1):
