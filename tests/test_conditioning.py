@@ -179,6 +179,36 @@ def test_extension_and_prediction_scores_on_real_clips():
     conditional_eval.boundary_jump(segs[0])
 
 
+def test_real_continuation_ceilings_of_extension_and_stories():
+  from vidgen_jax.eval import conditional_eval, evaluator as ev, run_eval
+  prompts = ["a red square rotating clockwise", "a blue circle moving left", "a green triangle growing",
+             "a white circle shrinking", "a cyan square moving down and right"]
+  real = run_eval.real_videos(prompts, seed=3)
+  cont = run_eval.continued_real_videos(prompts, seed=3, num_frames=32)
+  np.testing.assert_array_equal(cont[:, :8], real)                     # the real clip, then carried on
+  # the circle moving left: its centre keeps the real clip's speed until it reaches the frame's edge
+  xs = [np.nonzero(f[..., 2].max(0))[0].mean() for f in cont[1, :12] if f.any()]
+  steps = np.diff(xs)
+  assert np.all(steps < 0) and np.ptp(steps[:6]) < 0.6
+  visible = cont.reshape(5, 32, -1).max(-1) > 0
+  assert visible[0].all() and not visible[1, -8:].any() and not visible[3, -8:].any()   # gone: left, shrunk
+  evaluator = ev.default_evaluator()
+  ceiling = conditional_eval.score_extension(cont, prompts, evaluator)
+  assert ceiling["per_segment"][0]["joint"] == 1.0 and ceiling["all_segments"] <= 0.4  # only rotation can go on
+  # back and forth: segment k is the prompt's motion (k even) or its opposite (k odd), in the frame throughout
+  story = [run_eval.story_prompts(p, 4) for p in prompts]
+  assert story[1] == ["a blue circle moving left", "a blue circle moving right"] * 2
+  assert story[2][1] == "a green triangle shrinking" and story[0][1] == "a red square rotating counterclockwise"
+  bf = run_eval.continued_real_videos(prompts, seed=3, num_frames=32, back_and_forth=True)
+  np.testing.assert_array_equal(bf[:, 9], bf[:, 7])                    # the turn: frame 8 + 1 = frame 8 - 1
+  scores = conditional_eval.score_extension(bf, story, evaluator)
+  assert scores["all_segments"] == 1.0 and scores["boundary_object_kept"] == 1.0
+  assert "boundary_consistency" not in scores                          # the motion changes on purpose
+  assert conditional_eval.score_extension(bf, prompts, evaluator)["per_segment"][1]["motion"] == 0.0
+  with pytest.raises(ValueError, match="one prompt per 8-frame segment"):
+    conditional_eval.score_extension(bf, [p[:3] for p in story], evaluator)
+
+
 def test_psnr():
   from vidgen_jax.eval import conditional_eval
   a = np.zeros((2, 2, 4, 4, 3), np.uint8)

@@ -233,3 +233,23 @@ def test_grain_batching():
   assert 'MovingShapes(' in repr(src) and len(src) == 10
   with pytest.raises(IndexError):
     src[10]
+
+
+def test_opposite_motion_undoes_every_motion():
+  for motion in ms.MOTIONS:
+    back = ms.opposite_motion(motion)
+    assert back != motion and ms.opposite_motion(back) == motion
+    if motion in ms.TRANSLATIONS:
+      assert np.array_equal(np.add(ms.TRANSLATIONS[motion], ms.TRANSLATIONS[back]), [0, 0])
+  assert ms.opposite_motion("growing") == "shrinking"
+  with pytest.raises(ValueError, match="Unknown motion"):
+    ms.opposite_motion("jumping")
+
+
+def test_render_draws_nothing_for_an_object_wholly_outside_the_frame():
+  params = ms.sample_params(np.random.default_rng(0), ("red", "circle", "moving left"), 32, 8)
+  for x in (-0.6, 1.6):
+    outside = dict(params, x0=x, x1=x)
+    assert not ms.render(outside, 32, 2).any()
+  half = dict(params, x0=0.0, x1=0.0)            # centred on the left edge: half of it drawn
+  assert 0 < ms.render(half, 32, 1).any(-1).sum() < ms.render(params, 32, 1).any(-1).sum()

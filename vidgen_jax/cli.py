@@ -4,7 +4,7 @@
   vidgen sample --workdir DIR --prompt "a red circle moving left" [--prompt ...] --num-samples N --seed S --out FILE
                 [--num-frames 32] [--segment-frames 8] [--given VIDEO --given-frames 2] [--lowres VIDEO]
                 [--method reconstruction|replacement|clean] [--guidance-weight W]
-  vidgen eval   --workdir DIR [--num-samples N] [--seed S] [--task extension|prediction [--method M]]
+  vidgen eval   --workdir DIR [--num-samples N] [--seed S] [--task extension|story|prediction [--method M]]
   vidgen evaluator train [--out FILE] [--steps N]    rebuild the shapes evaluator (deterministic)
   vidgen evaluator test [--weights FILE]             its accuracy on held-out real clips
   vidgen convert --from video-diffusion-pytorch --checkpoint FILE --workdir DIR --image-size N --num-frames N
@@ -75,15 +75,17 @@ def _parser() -> argparse.ArgumentParser:
                  help="evaluate once per value of cond_scale, steps or frame_offset; writes "
                       "eval/sweep_NAME.{json,png}")
   _sampling_flags(e)
-  e.add_argument("--task", choices=("generation", "extension", "prediction", "superres"), default="generation",
-                 help="extension: --num-frames long videos scored segment by segment; prediction: continue "
+  e.add_argument("--task", choices=("generation", "extension", "story", "prediction", "superres"),
+                 default="generation",
+                 help="extension: --num-frames long videos scored segment by segment; story: the same, the "
+                      "prompt's motion and its opposite alternating by segment; prediction: continue "
                       "--given-frames frames of real clips; superres: --factor times downsampled real clips")
   e.add_argument("--factor", type=int, default=2, help="superres: downsampling factor of the input")
-  e.add_argument("--num-frames", type=int, default=32, help="extension: frames per video")
+  e.add_argument("--num-frames", type=int, default=32, help="extension, story: frames per video")
   e.add_argument("--given-frames", type=int, default=2, help="prediction: given frames")
   e.add_argument("--method", choices=("reconstruction", "replacement", "clean"), default="reconstruction")
   e.add_argument("--guidance-weight", type=float, default=None, help="reconstruction guidance weight w_r")
-  e.add_argument("--overlap", type=int, default=None, help="extension: known frames per window")
+  e.add_argument("--overlap", type=int, default=None, help="extension, story: known frames per window")
 
   v = sub.add_parser("evaluator", help="the shapes evaluator network that `eval` scores videos with")
   vsub = v.add_subparsers(dest="action", required=True)
@@ -357,6 +359,8 @@ def _eval(args) -> int:
     print(json.dumps({k: result[k] for k in ("task", "method", "guidance_weight", "sample_seconds")}))
     for split in ("seen", "heldout"):
       print(f"{split}: {json.dumps(result['scores'][split])}")
+      if "ceiling_real" in result:
+        print(f"{split} ceiling (real clips continued): {json.dumps(result['ceiling_real'][split])}")
     print(f"wrote {result['dir']}/metrics.json")
     return 0
   metrics = run_eval.evaluate_workdir(args.workdir, num_samples=args.num_samples, seed=args.seed,

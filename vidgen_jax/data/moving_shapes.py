@@ -77,6 +77,18 @@ ROTATIONS = ('rotating clockwise', 'rotating counterclockwise')
 MOTIONS = tuple(TRANSLATIONS) + SIZE_MOTIONS + ROTATIONS
 ROTATING_SHAPES = ('square', 'triangle')
 
+
+def opposite_motion(motion):
+  """The motion that undoes `motion`: 'moving up and left' -> 'moving down and right', 'growing' ->
+  'shrinking', 'rotating clockwise' -> 'rotating counterclockwise'."""
+  if motion in TRANSLATIONS:
+    ux, uy = TRANSLATIONS[motion]
+    return next(m for m, u in TRANSLATIONS.items() if u == (-ux, -uy))
+  for pair in (SIZE_MOTIONS, ROTATIONS):
+    if motion in pair:
+      return pair[1 - pair.index(motion)]
+  raise ValueError(f'Unknown motion {motion!r}; expected one of {MOTIONS}.')
+
 HELDOUT_COMBINATIONS = (
     ('red', 'triangle', 'moving up'),
     ('red', 'square', 'growing'),
@@ -271,11 +283,12 @@ def _inside(shape, dx, dy, size, angle):
 
 
 def _pixel_box(cx, cy, reach, image_size):
-  """Integer [x_lo, x_hi) and [y_lo, y_hi) pixel ranges that contain the object in every frame."""
+  """Integer [x_lo, x_hi) and [y_lo, y_hi) pixel ranges inside the frame that contain the object in every
+  frame (empty when it lies wholly outside)."""
   def bounds(centre):
-    lo = int(np.floor(np.min(centre - reach)))
-    hi = int(np.ceil(np.max(centre + reach)))
-    return max(lo, 0), min(max(hi, lo + 1), image_size)
+    lo = min(max(int(np.floor(np.min(centre - reach))), 0), image_size)
+    hi = min(max(int(np.ceil(np.max(centre + reach))), lo), image_size)
+    return lo, hi
   return bounds(cx), bounds(cy)
 
 

@@ -46,6 +46,48 @@ def real_videos(prompts, seed: int, image_size: int = 32, num_frames: int = 8) -
   return np.stack(out)
 
 
+def continued_real_videos(prompts, seed: int, num_frames: int, image_size: int = 32, clip_frames: int = 8,
+                          back_and_forth: bool = False) -> np.ndarray:
+  """The geometry of `real_videos(prompts, seed, image_size, clip_frames)` carried on to `num_frames` frames,
+  as the data set's physics gives it: the ceiling of long-video tasks.
+
+  Default: every clip continued at its own per-frame rates (position, size and angle extrapolated linearly;
+  the first `clip_frames` frames are the real clip). Objects leave the frame or vanish (black frames) when
+  the motion runs on: a translation covers 25-50% of the frame per clip. `back_and_forth=True`: the
+  trajectory runs forward over the first `clip_frames`-frame segment, back over the next, and so on (1/clip_frames
+  of it per frame, so each segment covers (clip_frames - 1)/clip_frames of the real clip's motion): the
+  object stays in the frame, and segment k shows the prompt's motion for even k and its opposite for odd k
+  (`story_prompts`).
+  """
+  out = []
+  for i, p in enumerate(prompts):
+    combo = moving_shapes.parse_caption(p)
+    rng = np.random.default_rng([_REAL_SEED_OFFSET, seed, i])
+    params = moving_shapes.sample_params(rng, combo, image_size, clip_frames)
+    video = np.zeros((num_frames, image_size, image_size, 3), np.uint8)
+    for f in range(num_frames):
+      if back_and_forth:
+        u = (f / clip_frames) % 2.0
+        s = u if u <= 1.0 else 2.0 - u
+      else:
+        s = f / max(clip_frames - 1, 1)
+      at = {k: params[k + "0"] + (params[k + "1"] - params[k + "0"]) * s for k in ("x", "y", "size", "angle")}
+      if at["size"] <= 0:
+        continue
+      frame = dict(params, **{k + end: v for k, v in at.items() for end in "01"})
+      video[f] = moving_shapes.render(frame, image_size, 1)[0]
+    out.append(video)
+  return np.stack(out)
+
+
+def story_prompts(prompt: str, num_segments: int) -> list[str]:
+  """[prompt, the same object with the opposite motion, prompt, ...]: a story whose every segment the
+  object can act out without leaving the frame (`continued_real_videos(back_and_forth=True)`)."""
+  c, s, m = moving_shapes.parse_caption(prompt)
+  back = moving_shapes.caption(c, s, moving_shapes.opposite_motion(moving_shapes.MOTIONS[m]))
+  return [prompt if k % 2 == 0 else back for k in range(num_segments)]
+
+
 def baselines(prompts, seed: int, image_size: int = 32, num_frames: int = 8) -> dict:
   """The ceiling and floor sets for `prompts` (see the module docstring)."""
   real = real_videos(prompts, seed, image_size, num_frames)
