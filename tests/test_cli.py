@@ -138,3 +138,16 @@ def test_sample_story_long_video_and_super_resolution(workdir, tmp_path):
   bad = _vidgen("sample", "--workdir", str(workdir), "--prompt", "x", "--given", str(low), "--given-frames",
                 "9", "--out", str(tmp_path / "b.npz"), check=False)
   assert bad.returncode != 0 and "fewer than --given-frames" in bad.stderr
+
+
+def test_eval_story_and_extension_report_the_real_ceiling(workdir):
+  out = _vidgen("eval", "--workdir", str(workdir), "--task", "story", "--num-frames", "16", "--steps", "2",
+                "--method", "replacement")
+  assert "seen ceiling (real clips continued)" in out.stdout
+  metrics = json.loads((workdir / "eval" / "step_2_story_replacement" / "metrics.json").read_text())
+  assert metrics["task"] == "story" and metrics["num_frames"] == 16
+  assert len(metrics["scores"]["all"]["per_segment"]) == 2 and metrics["scores"]["all"]["num_videos"] == 38
+  ceiling = metrics["ceiling_real"]
+  assert ceiling["all"]["all_segments"] >= 0.95 and ceiling["heldout"]["num_videos"] == 14   # back and forth, 16 px
+  bad = _vidgen("eval", "--workdir", str(workdir), "--task", "extension", "--num-frames", "12", check=False)
+  assert bad.returncode != 0 and "multiple of 8" in bad.stderr
