@@ -25,7 +25,7 @@ _VARIANTS = {
     # demo: sized for the README's 15-minute CPU budget; patch 4 runs the U-Net on an 8x8 grid of 4x4 patches
     # (0.26 s per batch-16 step on 2 cores, against 1.24 s with patch 2 and ~5 s without patching).
     # Motion from text is limited by training length (README, Results): motion seen / held-out 10 / 18% at
-    # 2000 steps, 56 / 50% with train.num_steps=8000 (joint 56 / 46%, shape 90 / 86%).
+    # 2000 steps, 56 / 50% with train.num_steps=8000 (joint 56 / 46%, shape 90 / 86%), 85 / 82% with 16000 (97 min).
     # Per clip seen, not per update: batch 4 for 8000 steps (the same 32k clips, same CPU time) gives 17 / 18%.
     "demo": dict(dim=32, mults=(1, 2), heads=2, dim_head=32, patch=4, linear_attn=False, image=32, frames=8,
                  batch=16, steps=2000, lr=1e-3, prediction="x0"),
