@@ -47,6 +47,11 @@ def get_config(arg=None):
   c.train.log_every = 50
   c.train.ckpt_every = 500
   c.train.keep_ckpts = 2
+  # Fine-tuning: a workdir whose checkpoint (its latest, or step init_from_step) gives this run's params and
+  # EMA; step, optimizer and data position start fresh. Needs the same model and text config; used only while
+  # this workdir has no checkpoint of its own. "" = start from the random init.
+  c.train.init_from = ""
+  c.train.init_from_step = -1
   c.train.sample_every = 0
   c.train.max_bad_steps = 20
 

@@ -125,6 +125,35 @@ def test_resume_with_other_model_is_refused(tmp_path):
     loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder(), devices=ONE)
 
 
+def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path):
+  """Fine-tuning with another diffusion objective and optimizer: params and EMA are the source's at the
+  chosen step, step and optimizer start fresh, the run then resumes from its own checkpoints; a different
+  model or a missing step is refused with the reason."""
+  config = micro_config(16, num_steps=4, ckpt_every=2, log_every=2)
+  source = loop.train(config, tmp_path / "src", text_encoder=HashTextEncoder(), devices=ONE)
+  tuned = micro_config(16, num_steps=2, ckpt_every=2, log_every=2)
+  tuned.train.init_from = str(tmp_path / "src")
+  tuned.diffusion.frame_noise_prob, tuned.optim.lr = 0.5, 1e-5
+  start = loop.train(tuned, tmp_path / "ft", text_encoder=HashTextEncoder(), devices=ONE, stop_after=0)
+  assert int(start.step) == 0
+  assert _tree_equal(start.params, source.params) and _tree_equal(start.ema_params, source.ema_params)
+  scratch = loop.train(micro_config(16, num_steps=2), tmp_path / "scratch", text_encoder=HashTextEncoder(),
+                       devices=ONE, stop_after=0)
+  assert _tree_equal(start.opt_state, scratch.opt_state), "fresh optimizer moments"
+  assert not _tree_equal(start.params, scratch.params)
+  tuned.train.init_from_step = 2
+  at2 = loop.train(tuned, tmp_path / "ft2", text_encoder=HashTextEncoder(), devices=ONE, stop_after=0)
+  assert not _tree_equal(at2.params, source.params)
+  done = loop.train(tuned, tmp_path / "ft2", text_encoder=HashTextEncoder(), devices=ONE)
+  assert int(done.step) == 2 and (tmp_path / "ft2" / "checkpoints" / "2").is_dir()
+  tuned.train.init_from_step = 3
+  with pytest.raises(FileNotFoundError, match="no checkpoint at step 3"):
+    loop.train(tuned, tmp_path / "ft3", text_encoder=HashTextEncoder(), devices=ONE, stop_after=0)
+  tuned.train.init_from_step, tuned.model.dim = -1, 16
+  with pytest.raises(ValueError, match="different model.*model.dim"):
+    loop.train(tuned, tmp_path / "ft4", text_encoder=HashTextEncoder(), devices=ONE, stop_after=0)
+
+
 class _NaNEncoder(HashTextEncoder):
   def encode(self, texts):
     tokens, mask = super().encode(texts)

@@ -61,6 +61,45 @@ class Checkpointer:
     self.manager.close()
 
 
+# The parts of a train state that are the model (what fine-tuning starts from); the rest (step, optimizer
+# moments, rng, the non-finite counter) belongs to one run.
+WEIGHT_FIELDS = ("params", "ema_params")
+
+
+def restore_weights(source_workdir, abstract_state, step=None):
+  """{field: tree} for WEIGHT_FIELDS from another run's checkpoint (its latest, or `step`), restored straight
+  onto the shardings carried by `abstract_state`; returns (weights, step). The optimizer state is not read,
+  so the two runs may use different optimizers.
+
+  Raises FileNotFoundError when the source has no such checkpoint, ValueError when its weights' structure or
+  shapes differ from `abstract_state`'s (a different model)."""
+  directory = pathlib.Path(source_workdir).absolute() / "checkpoints"
+  if not directory.is_dir():
+    raise FileNotFoundError(f"train.init_from: {directory} not found; give a workdir made by `vidgen train`")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    steps = list(manager.all_steps())
+    step = manager.latest_step() if step is None else int(step)
+    if step is None or step not in steps:
+      raise FileNotFoundError(f"train.init_from: no checkpoint {'at step %s ' % step if step is not None else ''}"
+                              f"in {directory} (steps there: {sorted(steps)})")
+    target = {name: getattr(abstract_state, name) for name in WEIGHT_FIELDS}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=target, restore_args=restore_args, partial_restore=True)))["state"]
+    except (ValueError, KeyError) as e:
+      raise ValueError(f"train.init_from: the weights in {directory}/{step} do not fit this model ({e})") from e
+  finally:
+    manager.close()
+  for name in WEIGHT_FIELDS:   # Orbax may restore a smaller array into a larger target; refuse that
+    for got, want in zip(jax.tree.leaves(restored[name]), jax.tree.leaves(target[name])):
+      if got.shape != want.shape:
+        raise ValueError(f"train.init_from: the weights in {directory}/{step} do not fit this model "
+                         f"(an array of shape {got.shape} where this model has {want.shape})")
+  return restored, step
+
+
 def abstract_like(tree, shardings):
   """ShapeDtypeStructs with the given shardings: the restore target for a sharded tree."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)

@@ -61,6 +61,22 @@ def check_resume_config(workdir: pathlib.Path, config):
                      "use a new --workdir or the original config")
 
 
+def init_from_workdir(run, config):
+  """A fresh state (step 0, new optimizer moments, data from its seed) whose params and EMA are another
+  run's (config.train.init_from, its latest checkpoint or train.init_from_step): fine-tuning, e.g. with another
+  diffusion objective, optimizer or data. The model (and text encoder) config must be the source's."""
+  source = pathlib.Path(config.train.init_from)
+  old = ckpt_lib.read_config(source)
+  changed = [k for k in configs.diff(old, config) if k.split(".")[0] in ("family", "model", "text")]
+  if changed:
+    raise ValueError(f"train.init_from: {source} was trained with a different model ({', '.join(changed)}); "
+                     "fine-tuning needs the same model and text config")
+  step = config.train.get("init_from_step", -1)
+  weights, step = ckpt_lib.restore_weights(source, run.abstract_state, None if step < 0 else step)
+  log.info("initialised params and EMA from %s at its step %d", source, step)
+  return run.init_state(config.seed).replace(**weights)
+
+
 def train(config, workdir, *, devices=None, stop_after: int | None = None, text_encoder=None):
   """Trains to config.train.num_steps (or stops early after `stop_after` steps); returns the final state."""
   workdir = pathlib.Path(workdir)
@@ -84,6 +100,8 @@ def train(config, workdir, *, devices=None, stop_after: int | None = None, text_
   if ckpt.latest_step() is not None:
     state = ckpt.restore(run.abstract_state, data_iter)
     log.info("resumed from %s at step %d", ckpt.directory, int(state.step))
+  elif config.train.get("init_from"):
+    state = init_from_workdir(run, config)
   else:
     state = run.init_state(config.seed)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
