@@ -80,9 +80,9 @@ def restore_weights(source_workdir, abstract_state, step=None):
   try:
     steps = list(manager.all_steps())
     step = manager.latest_step() if step is None else int(step)
-    if step is None or step not in steps:
-      raise FileNotFoundError(f"train.init_from: no checkpoint {'at step %s ' % step if step is not None else ''}"
-                              f"in {directory} (steps there: {sorted(steps)})")
+    if step not in steps:
+      raise FileNotFoundError(f"train.init_from: no checkpoint at step {step} in {directory} "
+                              f"(steps there: {sorted(steps)})")
     target = {name: getattr(abstract_state, name) for name in WEIGHT_FIELDS}
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
     try:

@@ -49,13 +49,17 @@ class _Preemption:
       signal.signal(sig, old)
 
 
+def _changed(old, config, sections) -> list[str]:
+  """Dotted keys under the top-level `sections` whose values differ between two configs."""
+  return [k for k in configs.diff(old, config) if k.split(".")[0] in sections]
+
+
 def check_resume_config(workdir: pathlib.Path, config):
   """A workdir keeps its config: resuming with a different model/data/diffusion setup is refused."""
   path = workdir / "config.json"
   if not path.is_file():
     return
-  old = configs.from_json(path.read_text())
-  changed = [k for k in configs.diff(old, config) if k.split(".")[0] in ("model", "data", "diffusion", "text")]
+  changed = _changed(configs.from_json(path.read_text()), config, ("model", "data", "diffusion", "text"))
   if changed:
     raise ValueError(f"{workdir} was trained with a different config ({', '.join(changed)}); "
                      "use a new --workdir or the original config")
@@ -66,8 +70,7 @@ def init_from_workdir(run, config):
   run's (config.train.init_from, its latest checkpoint or train.init_from_step): fine-tuning, e.g. with another
   diffusion objective, optimizer or data. The model (and text encoder) config must be the source's."""
   source = pathlib.Path(config.train.init_from)
-  old = ckpt_lib.read_config(source)
-  changed = [k for k in configs.diff(old, config) if k.split(".")[0] in ("family", "model", "text")]
+  changed = _changed(ckpt_lib.read_config(source), config, ("family", "model", "text"))
   if changed:
     raise ValueError(f"train.init_from: {source} was trained with a different model ({', '.join(changed)}); "
                      "fine-tuning needs the same model and text config")
