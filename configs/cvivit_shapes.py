@@ -59,6 +59,7 @@ def get_config(arg=None):
   c.train.num_steps = 6000          # ~56 min on a 2-core CPU (1.8 steps/s)
   c.train.gan_start = 1000          # GAN terms start here (reconstruction first)
   c.train.reseed_dead_codes_after = 50   # vq: re-seed codes unused this many steps (0 = never)
+  c.train.compute_dtype = "float32" # float32 | bfloat16: the layers' matmuls (params, optimizer, losses stay float32)
   c.train.image_steps = 0           # > 0: the first image_steps steps train on single frames (images first)
   c.train.log_every = 50
   c.train.ckpt_every = 500

@@ -44,6 +44,7 @@ def get_config(arg=None):
   c.train.mask_schedule = "cosine"  # cosine | linear | square (also used when decoding)
   c.train.cfg_drop_prob = 0.1       # condition dropout (trains the null text for guidance)
   c.train.image_steps = 0           # > 0: the first image_steps steps train on single frames (images first)
+  c.train.compute_dtype = "float32" # float32 | bfloat16: the layers' matmuls (params, optimizer, losses stay float32)
   c.train.log_every = 50
   c.train.ckpt_every = 500
   c.train.keep_ckpts = 2

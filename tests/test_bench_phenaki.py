@@ -79,8 +79,25 @@ def test_reference_script_accepts_the_arguments_and_skips_without_torch():
   (so the arguments the benchmark passes are valid) and fails on `import torch`, which is reported."""
   result, why = cvivit_s.reference_records(cvivit_s.bench_config(tiny=True), reps=1)
   assert result is None and "No module named 'torch'" in why and sys.executable in why
-  result, why = maskgit_s.reference_records(*maskgit_s.bench_configs(tiny=True), reps=1)
-  assert result is None and "No module named 'torch'" in why
+  result, why = maskgit_s.reference_records(*maskgit_s.bench_configs(tiny=True, compute_dtype="bfloat16"), reps=1)
+  assert result is None and "No module named 'torch'" in why                   # --bf16 parsed too
+
+
+def test_bfloat16_bench_times_the_reference_under_autocast(tmp_path):
+  """--compute-dtype bfloat16 reaches our model and the reference script (as --bf16); a stand-in reference
+  interpreter answers with what it was asked."""
+  fake = tmp_path / "python"
+  fake.write_text('#!/bin/sh\ncase "$*" in *--bf16*) b=true;; *) b=false;; esac\n'
+                  'echo "{\\"train_s\\": [0.5, 0.7, 0.6], \\"torch\\": \\"9.9\\", \\"threads\\": 2, '
+                  '\\"bf16_autocast\\": $b}"\n')
+  fake.chmod(0o755)
+  rec, = cvivit_s.run(reps=1, tiny=True, torch_python=str(fake), compute_dtype="bfloat16")
+  assert rec["compute_dtype"] == "bfloat16" and rec["reference_median_s"] == 0.6
+  assert rec["reference"] == "phenaki-pytorch 0.5.0, torch 9.9, 2 threads, bf16 autocast"
+  assert rec["speedup_vs_reference"] == pytest.approx(0.6 / rec["median_s"], rel=0.01)
+  assert cvivit_s.bench_config(tiny=True, compute_dtype="bfloat16").train.compute_dtype == "bfloat16"
+  with pytest.raises(ValueError, match="float16"):
+    cvivit_s.run(reps=1, tiny=True, torch_python=str(fake), compute_dtype="float16")
 
 
 def test_torchvision_stand_in_serves_every_import_form_of_the_references():

@@ -100,6 +100,18 @@ def test_shapes_rectangular_video_and_decode_from_indices(quantizer):
     model.apply(variables, _video(shape=(8, 8)))
 
 
+def test_bfloat16_compute_stays_close_to_float32_and_keeps_float32_interfaces():
+  video = _video()
+  f32, bf16 = _fns(_model()), _fns(_model(dtype=jnp.bfloat16))
+  variables = f32["init"](jax.random.key(1), video)                           # the same float32 params serve both
+  (z, q, idx), (zb, qb, idxb) = f32["enc"](variables, video), bf16["enc"](variables, video)
+  recon, recon_b = f32["dec"](variables, q), bf16["dec"](variables, q)
+  assert zb.dtype == qb.dtype == recon_b.dtype == jnp.float32                # tokens, quantizer, video in float32
+  rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+  assert rel(zb, z) < 0.05 and rel(recon_b, recon) < 0.05, (rel(zb, z), rel(recon_b, recon))
+  assert rel(zb, z) > 0 and float(jnp.mean(idxb == idx)) > 0.5               # bf16 really ran; codes mostly agree
+
+
 def _perturb_last_step(video):
   return video.at[:, -2:].set(jax.random.uniform(jax.random.key(9), video[:, -2:].shape))
 

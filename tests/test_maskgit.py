@@ -108,3 +108,16 @@ def test_network_shapes_and_null_text():
   assert critic.apply(cv, tokens, text, video_shape=(2, 3, 4)).shape == (2, 24)
   with pytest.raises(ValueError, match="video_shape"):
     model.apply(variables, tokens, text, video_shape=(2, 3, 3))
+
+
+def test_bfloat16_compute_stays_close_to_float32_with_float32_logits():
+  kw = dict(num_tokens=V, dim=16, depth=2, max_seq_len=64, heads=2, dim_head=8)
+  tokens = jax.random.randint(jax.random.key(0), (2, 24), 0, V + 1)
+  text = jax.random.normal(jax.random.key(1), (2, 5, 12))
+  for cls in (MaskGit, TokenCritic):
+    variables = cls(**kw).init(jax.random.key(2), tokens, text, video_shape=(2, 3, 4))
+    ref = cls(**kw).apply(variables, tokens, text, video_shape=(2, 3, 4))
+    out = cls(**kw, dtype=jnp.bfloat16).apply(variables, tokens, text, video_shape=(2, 3, 4))
+    assert out.dtype == jnp.float32 and out.shape == ref.shape
+    rel = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+    assert 0 < rel < 0.05, (cls.__name__, rel)

@@ -1,5 +1,7 @@
-"""C-ViViT tokenizer training: the perceptual term (frozen VGG outside the state), images-first phase."""
+"""C-ViViT tokenizer training: the perceptual term (frozen VGG outside the state), images-first phase, bfloat16
+compute."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -8,7 +10,7 @@ from vidgen_jax.data import pipeline
 from vidgen_jax.losses import perceptual
 from vidgen_jax.train import setup
 from vidgen_jax.train.validation import ConfigError
-from vidgen_jax.train import cvivit
+from vidgen_jax.train import cvivit, phenaki
 
 ONE = jax.devices()[:1]
 
@@ -104,3 +106,19 @@ def test_ema_vq_codebook_trained_by_the_step_dead_codes_reseeded_and_images_firs
   config.train.image_steps = -1
   with pytest.raises(ConfigError, match="image_steps"):
     cvivit.validate(config, 1)
+
+
+def test_bfloat16_compute_trains_float32_params_and_bad_dtypes_are_refused():
+  f32, bf16 = _config(), _config(compute_dtype="bfloat16")
+  batch = _batch(f32)
+  assert cvivit.build_model(bf16).dtype == jnp.bfloat16
+  (s32, m32), (s16, m16) = (_steps(setup.build_run(c, devices=ONE), batch, 2) for c in (f32, bf16))
+  for leaf in jax.tree.leaves(s16.params) + jax.tree.leaves(s16.opt_state):
+    assert not jnp.issubdtype(leaf.dtype, jnp.floating) or leaf.dtype == jnp.float32
+  assert abs(m16[0]["recon_mse"] - m32[0]["recon_mse"]) < 0.05 * m32[0]["recon_mse"]              # same init, same batch
+  bad_tok = _config(compute_dtype="float16")
+  bad_gen = configs.load_config_file("configs/phenaki_shapes.py:runlocal=True")
+  bad_gen.train.compute_dtype, bad_gen.tokenizer.workdir = "float16", "/a/tokenizer"
+  for validate, bad in ((cvivit.validate, bad_tok), (phenaki.validate, bad_gen)):
+    with pytest.raises(ConfigError, match="train.compute_dtype='float16'"):
+      validate(bad, 1)

@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="interpreter with torch + the reference installed (default: this one)")
   b.add_argument("--no-reference", action="store_true", help="skip timing the PyTorch reference")
   b.add_argument("--no-sampling", action="store_true", help="vdm-s: skip the 50-step sampling measurement")
+  b.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="our layers' compute dtype (params and optimizer stay float32); bfloat16 also runs the "
+                      "reference under torch's bfloat16 autocast")
   _convert_parser(sub)
   _compile_parser(sub)
   return p
@@ -394,7 +397,8 @@ def _bench(args) -> int:
   from vidgen_jax import bench
   if args.reps < 1:
     raise ValueError("--reps must be at least 1")
-  kwargs = dict(reps=args.reps, torch_python=args.torch_python, with_reference=not args.no_reference)
+  kwargs = dict(reps=args.reps, torch_python=args.torch_python, with_reference=not args.no_reference,
+                compute_dtype=args.compute_dtype)
   if args.name == "vdm-s":
     kwargs["sample_videos"] = not args.no_sampling
   for rec in bench.run(args.name, **kwargs):

@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 
 from vidgen_jax import configs
 from vidgen_jax.bench import timing
+from vidgen_jax.train.state import COMPUTE_DTYPES as DTYPES   # --compute-dtype: the layers' matmuls
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -47,6 +49,34 @@ def time_train_step(run, state, batch, *, reps: int, warmup: int = 2):
   return seconds, flops, holder["state"]
 
 
+def dtype(compute_dtype: str):
+  """The jnp dtype of a --compute-dtype name (float32, bfloat16), or a ValueError naming the choices."""
+  if compute_dtype not in DTYPES:
+    raise ValueError(f"compute_dtype={compute_dtype!r}: choose one of {', '.join(DTYPES)}")
+  return DTYPES[compute_dtype]
+
+
+def reference_flags(compute_dtype: str) -> list:
+  """Reference-script flags matching our compute dtype: bfloat16 runs the reference under torch's CPU bfloat16
+  autocast, so the side-by-side compares like with like."""
+  return ["--bf16"] if dtype(compute_dtype) == DTYPES["bfloat16"] else []
+
+
+def reference_label(package: str, reference) -> str | None:
+  """'package, torch X, N threads[, bf16 autocast]' for a reference result, None without one."""
+  if not reference:
+    return None
+  return (f"{package}, torch {reference['torch']}, {reference['threads']} threads"
+          + (", bf16 autocast" if reference.get("bf16_autocast") else ""))
+
+
+def reference_seconds(out: dict, **kinds) -> dict:
+  """{kind: median seconds of out[key]} for kinds=key pairs, plus the reference's torch, threads, autocast."""
+  res = {kind: float(np.median(out[key])) for kind, key in kinds.items()}
+  res.update(torch=out["torch"], threads=out["threads"], bf16_autocast=bool(out.get("bf16_autocast")))
+  return res
+
+
 def record(name, seconds, flops, **extra) -> dict:
   rec = {"name": name, "median_s": round(seconds, 5), "flops": flops,
          "flops_per_s": None if flops is None else flops / seconds}
@@ -72,11 +102,12 @@ def run_reference(script: str, args, python=None, timeout=1800):
     return None, f"reference unavailable ({python}): no JSON result on stdout"
 
 
-def attach(records, peak, reference=None, why="reference skipped", label="", unmatched=()):
+def attach(records, peak, reference=None, why="reference skipped", label="", unmatched=(), compute_dtype="float32"):
   """Adds the machine's matmul peak (and the fraction of it achieved) and the backend to every record and,
   per record kind (the part of the name after '/'), the reference's median seconds and our speed-up over
   it, or why there is none. Kinds listed in `unmatched` have no reference counterpart and get neither."""
   for rec in records:
+    rec["compute_dtype"] = compute_dtype
     rec["peak_matmul_flops_per_s"] = peak
     if rec.get("flops_per_s") and peak:
       rec["fraction_of_peak"] = round(rec["flops_per_s"] / peak, 4)

@@ -16,13 +16,14 @@ from vidgen_jax.train import setup as setup_lib
 REFERENCE_SCRIPT = "torch_phenaki_reference.py"
 
 
-def bench_config(batch: int = 4, tiny: bool = False):
+def bench_config(batch: int = 4, tiny: bool = False, compute_dtype: str = "float32"):
   """configs/cvivit_shapes.py:variant=S at `batch`, one device, no GAN nor perceptual loss. `tiny` shrinks
   everything (tests)."""
   c = common.load_config("cvivit_shapes.py:variant=S")
   c.loss.gan_weight, c.loss.perceptual_weight = 0.0, 0.0
   c.train.image_steps = 0
   c.train.batch_size = batch
+  c.train.compute_dtype = compute_dtype
   if tiny:
     c.data.image_size, c.data.num_frames = 8, 3
     m = c.model
@@ -58,22 +59,22 @@ def jax_records(config, reps=10):
 
 def reference_records(config, python=None, reps=5, timeout=1800):
   """The reference's train step seconds {'train_step': median, ...} via `python`, or (None, why)."""
-  out, why = common.run_reference(REFERENCE_SCRIPT, ["cvivit", "--reps", reps] + reference_args(config), python,
-                                  timeout)
+  out, why = common.run_reference(REFERENCE_SCRIPT, ["cvivit", "--reps", reps] + reference_args(config)
+                                  + common.reference_flags(config.train.compute_dtype), python, timeout)
   if out is None:
     return None, why
-  return {"train_step": float(np.median(out["train_s"])), "torch": out["torch"], "threads": out["threads"]}, None
+  return common.reference_seconds(out, train_step="train_s"), None
 
 
-def run(reps=10, torch_python=None, with_reference=True, tiny=False, reference_reps=None):
+def run(reps=10, torch_python=None, with_reference=True, tiny=False, reference_reps=None, compute_dtype="float32"):
   """All records of `vidgen bench cvivit-s`, each a dict ready for one JSON line."""
-  config = bench_config(tiny=tiny)
-  peak = timing.matmul_peak_flops_per_s(n=256 if tiny else 2048)
+  config = bench_config(tiny=tiny, compute_dtype=compute_dtype)
+  peak = timing.matmul_peak_flops_per_s(n=256 if tiny else 2048, dtype=common.dtype(compute_dtype))
   records = jax_records(config, reps=reps)
   reference, why = (reference_records(config, torch_python, reps=reference_reps or reps) if with_reference
                     else (None, "reference skipped"))
-  return common.attach(records, peak, reference, why, phenaki_label(reference))
+  return common.attach(records, peak, reference, why, phenaki_label(reference), compute_dtype=compute_dtype)
 
 
 def phenaki_label(reference):
-  return reference and f"phenaki-pytorch 0.5.0, torch {reference['torch']}, {reference['threads']} threads"
+  return common.reference_label("phenaki-pytorch 0.5.0", reference)

@@ -49,14 +49,15 @@ class TokenIdsTokenizer:
     return None, jnp.round(video_unit * 255.0).astype(jnp.int32), None
 
 
-def bench_configs(batch: int = 4, tiny: bool = False):
+def bench_configs(batch: int = 4, tiny: bool = False, compute_dtype: str = "float32"):
   """(phenaki config: configs/phenaki_shapes.py:variant=S at `batch`, one device; its tokenizer's config:
   CViViT-S). `tiny` shrinks everything (tests)."""
-  tok_config = cvivit_s.bench_config(batch, tiny=tiny)
+  tok_config = cvivit_s.bench_config(batch, tiny=tiny, compute_dtype=compute_dtype)
   c = common.load_config("phenaki_shapes.py:variant=S")
   c.model.critic = False
   c.train.image_steps = 0
   c.train.batch_size = batch
+  c.train.compute_dtype = compute_dtype
   c.data.image_size, c.data.num_frames = tok_config.data.image_size, tok_config.data.num_frames
   if tiny:
     c.model.dim, c.model.depth, c.model.heads, c.model.dim_head = 16, 1, 2, 8
@@ -105,17 +106,19 @@ def jax_records(config, tok_config, reps=10):
 def reference_records(config, tok_config, python=None, reps=5, timeout=1800):
   """The reference's train step seconds {'train_step': median, ...} via `python`, or (None, why)."""
   out, why = common.run_reference(cvivit_s.REFERENCE_SCRIPT,
-                                  ["maskgit", "--reps", reps] + reference_args(config, tok_config), python, timeout)
+                                  ["maskgit", "--reps", reps] + reference_args(config, tok_config)
+                                  + common.reference_flags(config.train.compute_dtype), python, timeout)
   if out is None:
     return None, why
-  return {"train_step": float(np.median(out["train_s"])), "torch": out["torch"], "threads": out["threads"]}, None
+  return common.reference_seconds(out, train_step="train_s"), None
 
 
-def run(reps=10, torch_python=None, with_reference=True, tiny=False, reference_reps=None):
+def run(reps=10, torch_python=None, with_reference=True, tiny=False, reference_reps=None, compute_dtype="float32"):
   """All records of `vidgen bench maskgit-s`, each a dict ready for one JSON line."""
-  config, tok_config = bench_configs(tiny=tiny)
-  peak = timing.matmul_peak_flops_per_s(n=256 if tiny else 2048)
+  config, tok_config = bench_configs(tiny=tiny, compute_dtype=compute_dtype)
+  peak = timing.matmul_peak_flops_per_s(n=256 if tiny else 2048, dtype=common.dtype(compute_dtype))
   records = jax_records(config, tok_config, reps=reps)
   reference, why = (reference_records(config, tok_config, torch_python, reps=reference_reps or reps)
                     if with_reference else (None, "reference skipped"))
-  return common.attach(records, peak, reference, why, cvivit_s.phenaki_label(reference))
+  return common.attach(records, peak, reference, why, cvivit_s.phenaki_label(reference),
+                       compute_dtype=compute_dtype)

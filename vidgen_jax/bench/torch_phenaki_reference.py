@@ -76,6 +76,12 @@ def _optimizer(torch, params):
   return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0)
 
 
+def _autocast(torch, a):
+  """The forward pass under torch's CPU bfloat16 autocast with --bf16 (matmuls in bfloat16, parameters and
+  optimizer float32), else a no-op context."""
+  return torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16)
+
+
 def cvivit_step(torch, a):
   model = _cvivit(a)
   model.train()
@@ -84,7 +90,8 @@ def cvivit_step(torch, a):
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = model(video)
+    with _autocast(torch, a):
+      loss = model(video)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -105,7 +112,8 @@ def maskgit_step(torch, a):
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = phenaki(video_codebook_ids=ids, text_embeds=text)
+    with _autocast(torch, a):
+      loss = phenaki(video_codebook_ids=ids, text_embeds=text)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(maskgit.parameters(), 1.0)
     opt.step()
@@ -130,6 +138,7 @@ def main():
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--reps", type=int, default=5)
   p.add_argument("--threads", type=int, default=os.cpu_count())
+  p.add_argument("--bf16", action="store_true", help="forward under torch.autocast('cpu', bfloat16)")
   a = p.parse_args()
   if a.depth is None:
     a.depth = 2 if a.which == "cvivit" else 4
@@ -140,7 +149,7 @@ def main():
   torch.manual_seed(0)
   step = (cvivit_step if a.which == "cvivit" else maskgit_step)(torch, a)
   print(json.dumps({"train_s": _times(step, a.warmup, a.reps), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "model": a.which}))
+                    "threads": torch.get_num_threads(), "model": a.which, "bf16_autocast": a.bf16}))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def main():
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--reps", type=int, default=5)
   p.add_argument("--threads", type=int, default=os.cpu_count())
+  p.add_argument("--bf16", action="store_true", help="forward passes under torch.autocast('cpu', bfloat16)")
   a = p.parse_args()
 
   import torch
@@ -50,9 +51,12 @@ def main():
   video = torch.rand(a.batch, 3, a.frames, a.size, a.size)   # the reference takes [0, 1] video
   cond = torch.randn(a.batch, a.cond_dim)
 
+  autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16)
+
   def train_step():
     opt.zero_grad(set_to_none=True)
-    loss = diffusion(video, cond=cond)
+    with autocast():
+      loss = diffusion(video, cond=cond)
     loss.backward()
     opt.step()
 
@@ -61,11 +65,12 @@ def main():
 
   @torch.no_grad()
   def denoise_step():
-    diffusion.p_sample(x, t, cond=cond)
+    with autocast():
+      diffusion.p_sample(x, t, cond=cond)
 
   print(json.dumps({"train_s": _times(train_step, a.warmup, a.reps),
                     "denoise_s": _times(denoise_step, a.warmup, a.reps),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()}))
+                    "torch": torch.__version__, "threads": torch.get_num_threads(), "bf16_autocast": a.bf16}))
 
 
 if __name__ == "__main__":

@@ -23,14 +23,14 @@ class _CondOnly:
   dim, max_length = COND_DIM, 1
 
 
-def bench_config(batch: int = 4):
+def bench_config(batch: int = 4, compute_dtype: str = "float32"):
   c = common.load_config("vdm_shapes.py:variant=S")
   c.model.cross_attention = False
   c.model.text_cond_mlp = 0
   c.diffusion.prediction, c.diffusion.loss, c.diffusion.cfg_drop_prob = "eps", "l1", 0.0
   c.text.max_length = 1
   c.train.batch_size = batch
-  c.train.compute_dtype = "float32"
+  c.train.compute_dtype = compute_dtype
   return common.single_device(c)
 
 
@@ -41,9 +41,9 @@ def _inputs(batch, frames, size, seed=0):
           "text_mask": np.ones((batch, 1), bool)}
 
 
-def jax_records(batch=4, reps=10, sample_videos=True):
+def jax_records(batch=4, reps=10, sample_videos=True, compute_dtype="float32"):
   """Records for our side: train step, one denoising step, and (optionally) 4 videos x 50 DDIM steps."""
-  config = bench_config(batch)
+  config = bench_config(batch, compute_dtype)
   d = config.data
   run = setup_lib.build_run(config, text_encoder=_CondOnly(), devices=jax.devices()[:1])
   inputs = _inputs(batch, d.num_frames, d.image_size)
@@ -68,19 +68,21 @@ def jax_records(batch=4, reps=10, sample_videos=True):
   return records
 
 
-def reference_records(python=None, batch=4, reps=5, timeout=1800):
+def reference_records(python=None, batch=4, reps=5, timeout=1800, compute_dtype="float32"):
   """The reference's train and denoise step times via `python` (default: this interpreter), or a reason."""
-  out, why = common.run_reference(_REFERENCE_SCRIPT, ["--batch", batch, "--reps", reps], python, timeout)
+  out, why = common.run_reference(_REFERENCE_SCRIPT, ["--batch", batch, "--reps", reps]
+                                  + common.reference_flags(compute_dtype), python, timeout)
   if out is None:
     return None, why
-  return {"train_step": float(np.median(out["train_s"])), "denoise_step": float(np.median(out["denoise_s"])),
-          "torch": out["torch"], "threads": out["threads"]}, None
+  return common.reference_seconds(out, train_step="train_s", denoise_step="denoise_s"), None
 
 
-def run(reps=10, torch_python=None, with_reference=True, sample_videos=True):
+def run(reps=10, torch_python=None, with_reference=True, sample_videos=True, compute_dtype="float32"):
   """All records of `vidgen bench vdm-s`, each a dict ready for one JSON line."""
-  peak = timing.matmul_peak_flops_per_s()
-  records = jax_records(reps=reps, sample_videos=sample_videos)
-  reference, why = reference_records(torch_python) if with_reference else (None, "reference skipped")
-  label = reference and f"video-diffusion-pytorch 0.7.0, torch {reference['torch']}, {reference['threads']} threads"
-  return common.attach(records, peak, reference, why, label, unmatched=("sample_ddim50",))
+  peak = timing.matmul_peak_flops_per_s(dtype=common.dtype(compute_dtype))
+  records = jax_records(reps=reps, sample_videos=sample_videos, compute_dtype=compute_dtype)
+  reference, why = (reference_records(torch_python, compute_dtype=compute_dtype) if with_reference
+                    else (None, "reference skipped"))
+  label = common.reference_label("video-diffusion-pytorch 0.7.0", reference)
+  return common.attach(records, peak, reference, why, label, unmatched=("sample_ddim50",),
+                       compute_dtype=compute_dtype)

@@ -109,7 +109,8 @@ class CViViT(nn.Module):
   attn_dropout: float = 0.0
   ff_dropout: float = 0.0
   reference_compat: bool = False
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32               # compute dtype of the layers; params, quantizer, tokens out and video out
+                                         # stay float32
 
   def setup(self):
     (hh, ww), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
@@ -200,12 +201,12 @@ class CViViT(nn.Module):
     if rest.shape[1]:
       tokens = jnp.concatenate([tokens, self.to_patch_emb(rest)], axis=1)
     tokens = self._spatial(self.enc_spatial_transformer, tokens, deterministic)
-    return self._temporal(self.enc_temporal_transformer, tokens, deterministic)
+    return self._temporal(self.enc_temporal_transformer, tokens, deterministic).astype(jnp.float32)
 
   def quantize(self, tokens, train: bool = False):
     """(B, S, h, w, dim) -> (quantized (B, S, h, w, dim), indices (B, S, h, w) int32, aux)."""
     quantized, indices, aux = self.vq(tokens, train=train)
-    return quantized.astype(self.dtype), indices, aux
+    return quantized.astype(jnp.float32), indices, aux
 
   def encode(self, video, train: bool = False):
     return self.quantize(self.encode_continuous(video, deterministic=not train), train=train)
@@ -220,7 +221,7 @@ class CViViT(nn.Module):
     tokens = self._spatial(self.dec_spatial_transformer, tokens, deterministic)
     first = self.to_pixels_first_frame(tokens[:, :1])
     rest = self.to_pixels(tokens[:, 1:])
-    return unpatchify(first, rest, self.patch_size, self.temporal_patch_size, self.channels)
+    return unpatchify(first, rest, self.patch_size, self.temporal_patch_size, self.channels).astype(jnp.float32)
 
   def decode_indices(self, indices):
     """Video from indices (B, S, h, w) or flattened (B, S*h*w)."""

@@ -35,6 +35,7 @@ class _Trunk(nn.Module):
   position_bias: bool
   gradient_shrink_alpha: float = 0.1
   reference_compat: bool = False
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, text=None, text_mask=None, null=None, video_shape=None):
@@ -60,7 +61,7 @@ class _Trunk(nn.Module):
         context_mask = context_mask & ~null[:, None]
     return Transformer(self.depth, heads=self.heads, dim_head=self.dim_head, peg=True, peg_causal=False,
                        cross_attention=self.cross_attention, num_null_kv=2,
-                       reference_compat=self.reference_compat, name="transformer")(
+                       reference_compat=self.reference_compat, dtype=self.dtype, name="transformer")(
         x, bias=bias, context=text, context_mask=context_mask, to_video=to_video, from_video=from_video)
 
 
@@ -74,6 +75,7 @@ class MaskGit(nn.Module):
   unconditional: bool = False
   gradient_shrink_alpha: float = 0.1
   reference_compat: bool = False   # phenaki-pytorch: self-attention k/v from the un-normed input; logit bias
+  dtype: jnp.dtype = jnp.float32   # compute dtype of the layers; params, residual stream and logits stay float32
 
   @property
   def mask_id(self) -> int:
@@ -84,9 +86,9 @@ class MaskGit(nn.Module):
     x = _Trunk(self.num_tokens, self.dim, self.depth, self.max_seq_len, self.heads, self.dim_head,
                cross_attention=not self.unconditional, position_bias=True,
                gradient_shrink_alpha=self.gradient_shrink_alpha, reference_compat=self.reference_compat,
-               name="trunk")(tokens, text, text_mask, null, video_shape)
+               dtype=self.dtype, name="trunk")(tokens, text, text_mask, null, video_shape)
     return attention.dense(self.num_tokens, ("embed", "vocab"), name="to_logits", use_bias=self.reference_compat,
-                           flat=True)(x)
+                           dtype=self.dtype, flat=True)(x).astype(jnp.float32)
 
 
 class TokenCritic(nn.Module):
@@ -98,11 +100,13 @@ class TokenCritic(nn.Module):
   dim_head: int = 64
   cross_attention: bool = True
   reference_compat: bool = False   # phenaki-pytorch: self-attention k/v from the un-normed input
+  dtype: jnp.dtype = jnp.float32   # as MaskGit.dtype
 
   @nn.compact
   def __call__(self, tokens, text=None, text_mask=None, null=None, *, video_shape):
     x = _Trunk(self.num_tokens, self.dim, self.depth, self.max_seq_len, self.heads, self.dim_head,
                cross_attention=self.cross_attention, position_bias=False,
-               reference_compat=self.reference_compat, name="trunk")(
+               reference_compat=self.reference_compat, dtype=self.dtype, name="trunk")(
         tokens, text, text_mask, null, video_shape)
-    return attention.dense(1, ("embed", None), name="to_logits", use_bias=True, flat=True)(x)[..., 0]
+    return attention.dense(1, ("embed", None), name="to_logits", use_bias=True, dtype=self.dtype,
+                           flat=True)(x)[..., 0].astype(jnp.float32)

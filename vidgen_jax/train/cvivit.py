@@ -47,12 +47,13 @@ def build_model(config) -> CViViT:
                 temporal_depth=m.temporal_depth, heads=m.heads, dim_head=m.dim_head, quantizer=m.quantizer,
                 codebook_size=m.codebook_size, fsq_levels=tuple(m.fsq_levels),
                 reference_compat=bool(m.get("reference_compat", False)),
+                dtype=state_lib.compute_dtype(config),
                 quantizer_kwargs=(FrozenDict(reference_entropy=True)
                                   if m.quantizer == "lfq" and m.get("lfq_reference_entropy", False) else None))
 
 
 def validate(config, num_devices: int, num_processes: int = 1):
-  from vidgen_jax.train.validation import ConfigError
+  from vidgen_jax.train.validation import ConfigError, dtype_problems
   p, m, d = [], config.model, config.data
   if m.quantizer not in ("lfq", "fsq", "vq"):
     p.append(f"model.quantizer={m.quantizer!r}: choose lfq, fsq or vq")
@@ -79,6 +80,7 @@ def validate(config, num_devices: int, num_processes: int = 1):
     p.append(f"data.image_size={d.image_size} must be divisible by model.patch_size={m.patch_size}")
   if config.train.batch_size % max(num_devices, 1) and config.mesh.data == -1:
     p.append(f"train.batch_size={config.train.batch_size} must be divisible by the {num_devices} devices")
+  p += dtype_problems(config)
   if p:
     raise ConfigError(p)
   return config

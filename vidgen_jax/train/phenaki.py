@@ -43,7 +43,7 @@ def token_grid(tokenizer: CViViT, num_frames: int, image_size: int) -> tuple:
 
 
 def validate(config, num_devices: int, num_processes: int = 1):
-  from vidgen_jax.train.validation import ConfigError
+  from vidgen_jax.train.validation import ConfigError, dtype_problems
   p = []
   if not config.tokenizer.workdir:
     p.append("tokenizer.workdir is empty: train a C-ViViT first (configs/cvivit_shapes.py) and give its workdir")
@@ -53,6 +53,7 @@ def validate(config, num_devices: int, num_processes: int = 1):
     p.append(f"train.cfg_drop_prob={config.train.cfg_drop_prob}: must be in [0, 1]")
   if config.train.batch_size % max(num_devices, 1) and config.mesh.data == -1:
     p.append(f"train.batch_size={config.train.batch_size} must be divisible by the {num_devices} devices")
+  p += dtype_problems(config)
   if p:
     raise ConfigError(p)
   return config
@@ -69,10 +70,11 @@ def build_components(config, text_encoder) -> dict:
               functools.reduce(lambda a, b: a * b, tokenizer.fsq_levels))
   seq = grid[0] * grid[1] * grid[2]
   compat = bool(m.get("reference_compat", False))   # converted phenaki-pytorch weights (vidgen convert)
+  dtype = state_lib.compute_dtype(config)
   maskgit = MaskGit(num_tokens=vocab, dim=m.dim, depth=m.depth, max_seq_len=seq, heads=m.heads, dim_head=m.dim_head,
-                    reference_compat=compat)
+                    reference_compat=compat, dtype=dtype)
   critic = TokenCritic(num_tokens=vocab, dim=m.dim, depth=m.critic_depth, max_seq_len=seq, heads=m.heads,
-                       dim_head=m.dim_head, reference_compat=compat) if m.critic else None
+                       dim_head=m.dim_head, reference_compat=compat, dtype=dtype) if m.critic else None
   tx_train, lr_fn = state_lib.make_optimizer(config.optim, config.train.num_steps)
   labels = lambda params: {k: jax.tree.map(lambda _: "frozen" if k == "tokenizer" else "train", v)
                            for k, v in params.items()}

@@ -6,6 +6,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config):
+  """The layers' compute dtype named by `train.compute_dtype` (float32 when a config predates the key).
+  Parameters, optimizer state and losses stay float32 whatever it is."""
+  name = config.train.get("compute_dtype", "float32")
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"train.compute_dtype={name!r}: choose one of {sorted(COMPUTE_DTYPES)}")
+  return COMPUTE_DTYPES[name]
+
 
 @flax.struct.dataclass
 class TrainState:

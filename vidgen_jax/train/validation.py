@@ -3,6 +3,7 @@ import math
 
 from vidgen_jax.parallel.mesh import resolve_mesh_shape
 from vidgen_jax.parallel.sharding import SHARDING_PRESETS
+from vidgen_jax.train import state as state_lib
 
 
 class ConfigError(ValueError):
@@ -21,6 +22,13 @@ def _choice(problems, name, value, allowed):
 def _positive(problems, name, value, allow_zero=False):
   if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
     problems.append(f"{name}={value!r}: must be a {'non-negative' if allow_zero else 'positive'} number")
+
+
+def dtype_problems(c) -> list[str]:
+  """train.compute_dtype, checked for every family."""
+  p = []
+  _choice(p, "train.compute_dtype", c.train.get("compute_dtype", "float32"), tuple(state_lib.COMPUTE_DTYPES))
+  return p
 
 
 def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
@@ -132,7 +140,7 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
   for name in ("log_every", "ckpt_every", "keep_ckpts"):
     _positive(p, f"train.{name}", t[name])
   _positive(p, "train.sample_every", t.sample_every, allow_zero=True)
-  _choice(p, "train.compute_dtype", t.compute_dtype, ("float32", "bfloat16"))
+  p += dtype_problems(c)
   k = t.get("joint_images", 0)
   _positive(p, "train.joint_images", k, allow_zero=True)
   if isinstance(k, int) and k > 0:

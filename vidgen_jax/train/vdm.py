@@ -19,8 +19,6 @@ from vidgen_jax.models.unet3d import Unconditional, Unet3D
 from vidgen_jax.models.video_dit import VideoDiT
 from vidgen_jax.train import state as state_lib
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 # ---- the family interface (vidgen_jax.train.families) ----
 NEEDS_TEXT = True
 BATCH_NDIMS = {"video": 5, "text_tokens": 3, "text_mask": 2}
@@ -69,7 +67,7 @@ def build_model(config, text_dim: int):
   if m.get("kind", "unet") == "dit":
     net = VideoDiT(dim=m.dim, depth=m.depth, heads=m.attn_heads, dim_head=m.attn_dim_head, channels=channels,
                    cond_dim=text_dim, text_token_dim=text_dim if (text_dim and m.cross_attention) else None,
-                   cross_attention=m.cross_attention, dtype=_DTYPES[config.train.compute_dtype], remat=m.remat)
+                   cross_attention=m.cross_attention, dtype=state_lib.compute_dtype(config), remat=m.remat)
   else:
     net = Unet3D(
         dim=m.dim, cond_dim=text_dim, dim_mults=tuple(m.dim_mults), channels=channels,
@@ -77,7 +75,7 @@ def build_model(config, text_dim: int):
         use_sparse_linear_attn=m.use_sparse_linear_attn,
         text_token_dim=text_dim if (text_dim and (m.cross_attention or m.get("text_cond_mlp"))) else None,
         cross_attention=m.cross_attention, text_cond_mlp=(text_dim and m.get("text_cond_mlp")) or None,
-        dtype=_DTYPES[config.train.compute_dtype], remat=m.remat,
+        dtype=state_lib.compute_dtype(config), remat=m.remat,
         max_frames_embedding=m.get("max_frames_embedding") or None,
         frame_cond_mlp=(text_dim and m.get("frame_cond_mlp")) or None,
         position_features=m.get("position_features", 0), temporal_conv=m.get("temporal_conv", 0),
