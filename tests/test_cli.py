@@ -72,6 +72,9 @@ def test_eval_writes_metrics(workdir):
   assert set(scores) == {"generated", "real", "noise", "frozen", "reversed"}
   assert scores["generated"]["seen"]["num"] == 24 and scores["generated"]["heldout"]["num"] == 14
   assert scores["real"]["all"]["colour"] >= 0.9 and scores["noise"]["all"]["joint"] <= 0.1
+  by_motion = scores["real"]["all"]["by_motion"]   # every eval prompt counted once, under its own motion
+  assert sum(v["num"] for v in by_motion.values()) == 38 and len(by_motion) == 12
+  assert "generated motion by prompt motion: moving left" in out.stdout
   for name in ("grid.png", "grid.gif", "samples.npz", "readings.json"):
     assert (out_dir / name).is_file()
   again = _vidgen("eval", "--workdir", str(workdir), "--num-samples", "1", "--steps", "2")

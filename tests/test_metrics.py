@@ -69,3 +69,17 @@ def test_by_split_reports_each_split_and_all():
   assert set(out) == {"seen", "heldout", "all"}
   assert out["seen"]["joint"] == 1.0 and out["heldout"]["motion"] == 0.0 and out["all"]["joint"] == 0.5
   assert out["all"]["num"] == 8 and out["seen"]["diversity"] > 0
+
+
+def test_by_motion_splits_accuracy_by_the_prompts_motion():
+  prompts = ["a red circle moving left", "a blue square rotating clockwise", "a red circle moving left",
+             "a green triangle rotating clockwise"]
+  readings = [_reading("red", "circle", "moving left"), _reading("blue", "triangle", "rotating clockwise"),
+              _reading("red", "circle", "static"), _reading("green", "triangle", "static")]
+  out = metrics.by_motion(metrics.correctness(readings, prompts), prompts)
+  assert list(out) == ["moving left", "rotating clockwise"]   # MOTIONS order, only motions asked for
+  assert out["moving left"] == {"motion": 0.5, "joint": 0.5, "num": 2}
+  assert out["rotating clockwise"] == {"motion": 0.5, "joint": 0.0, "num": 2}
+  assert metrics.motion_line(out) == "moving left 50% (2), rotating clockwise 50% (2)"
+  with pytest.raises(ValueError, match="prompts"):
+    metrics.by_motion(metrics.correctness(readings, prompts), prompts[:3])

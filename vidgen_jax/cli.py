@@ -323,6 +323,7 @@ def _sample(args) -> int:
 
 def _eval(args) -> int:
   import json
+  from vidgen_jax.eval import metrics as metrics_lib
   from vidgen_jax.eval import run_eval
   from vidgen_jax.train import checkpoint as ckpt_lib
   family = ckpt_lib.read_config(args.workdir).get("family", "vdm")
@@ -361,7 +362,11 @@ def _eval(args) -> int:
         steps=args.steps, cond_scale=args.cond_scale)
     print(json.dumps({k: result[k] for k in ("task", "method", "guidance_weight", "sample_seconds")}))
     for split in ("seen", "heldout"):
-      print(f"{split}: {json.dumps(result['scores'][split])}")
+      scores = dict(result["scores"][split])
+      by_motion = scores.pop("by_motion", None)
+      print(f"{split}: {json.dumps(scores)}")
+      if by_motion:
+        print(f"{split} by prompt motion: {metrics_lib.motion_line(by_motion)}")
       if "ceiling_real" in result:
         print(f"{split} ceiling (real clips continued): {json.dumps(result['ceiling_real'][split])}")
     print(f"wrote {result['dir']}/metrics.json")

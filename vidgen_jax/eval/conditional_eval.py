@@ -83,8 +83,10 @@ def psnr(a, b) -> float:
 
 
 def score_prediction(videos, prompts, evaluator: ev.Evaluator) -> dict:
-  """Accuracy of completed clips (N, 8, H, W, 3) against the prompts whose real clips gave the frames."""
-  return metrics.accuracy(metrics.correctness(evaluator.read(np.asarray(videos)), list(prompts)))
+  """Accuracy of completed clips (N, 8, H, W, 3) against the prompts whose real clips gave the frames, overall
+  and by the prompt's motion."""
+  right = metrics.correctness(evaluator.read(np.asarray(videos)), list(prompts))
+  return {**metrics.accuracy(right), "by_motion": metrics.by_motion(right, list(prompts))}
 
 
 def _split_masks(splits) -> dict:

@@ -43,6 +43,27 @@ def accuracy(right: np.ndarray) -> dict:
   return out
 
 
+def by_motion(right: np.ndarray, prompts: list[str]) -> dict:
+  """{prompt motion: {"motion": accuracy, "joint": accuracy, "num": videos}}, in MOTIONS order: where a
+  model's failures sit (a per-motion view of `accuracy`; `right` as from `correctness`)."""
+  right = np.asarray(right, bool).reshape(-1, len(ev.ATTRIBUTES))
+  if len(right) != len(prompts):
+    raise ValueError(f"{len(right)} rows of correctness for {len(prompts)} prompts")
+  wanted = np.array([prompt_labels(p)["motion"] for p in prompts])
+  m = ev.ATTRIBUTES.index("motion")
+  out = {}
+  for name in moving_shapes.MOTIONS:
+    rows = right[wanted == name]
+    if len(rows):
+      out[name] = {"motion": float(rows[:, m].mean()), "joint": float(rows.all(1).mean()), "num": len(rows)}
+  return out
+
+
+def motion_line(by_motion_scores: dict) -> str:
+  """`by_motion` in one line: 'moving left 100% (6), ..., rotating clockwise 0% (4)' (motion accuracy)."""
+  return ", ".join(f"{k} {v['motion']:.0%} ({v['num']})" for k, v in by_motion_scores.items())
+
+
 def gaussian_stats(features: np.ndarray):
   f = np.asarray(features, np.float64)
   if f.ndim != 2 or len(f) < 2:
@@ -80,7 +101,9 @@ def diversity(features: np.ndarray, prompts: list[str]) -> float | None:
 
 def summarise(features, readings, prompts, reference_features) -> dict:
   """accuracy, joint, FED against `reference_features` and diversity of one set of videos."""
-  out = accuracy(correctness(readings, prompts))
+  right = correctness(readings, prompts)
+  out = accuracy(right)
+  out["by_motion"] = by_motion(right, prompts)
   out["fed"] = frechet_distance(features, reference_features)
   out["diversity"] = diversity(features, prompts)
   out["num"] = len(prompts)

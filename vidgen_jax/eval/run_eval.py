@@ -188,6 +188,9 @@ def headline(metrics: dict) -> str:
     parts = [f"{split} c{d[split]['colour']:.0%} s{d[split]['shape']:.0%} m{d[split]['motion']:.0%} "
              f"j{d[split]['joint']:.0%} FED {d[split]['fed']:.1f}" for split in ("seen", "heldout") if split in d]
     lines.append(f"{name:9s} " + " | ".join(parts))
+  generated = metrics["scores"].get("generated", {}).get("all", {})
+  if "by_motion" in generated:
+    lines.append("generated motion by prompt motion: " + metrics_lib.motion_line(generated["by_motion"]))
   return "\n".join(lines)
 
 
