@@ -16,7 +16,7 @@ from vidgen_jax import bench, cli
 from vidgen_jax.bench import cvivit_s, maskgit_s
 
 FIELDS = {"name", "median_s", "flops", "flops_per_s", "peak_matmul_flops_per_s", "fraction_of_peak", "backend",
-          "reference", "batch"}
+          "reference", "batch", "matmul_floor_s", "matmul_floor_flops"}
 
 
 @pytest.fixture
@@ -34,6 +34,8 @@ def _check(records, name, no_torch_python):
   assert rec["flops"] > 0 and rec["median_s"] > 0 and rec["peak_matmul_flops_per_s"] > 0
   assert rec["flops_per_s"] == pytest.approx(rec["flops"] / rec["median_s"], rel=0.01)   # median_s is rounded
   assert "reference_median_s" not in rec and "speedup_vs_reference" not in rec
+  # The step's dots alone: most of its FLOPs (the rest is elementwise), and time a real step cannot beat by much.
+  assert 0.5 * rec["flops"] < rec["matmul_floor_flops"] <= rec["flops"] and rec["matmul_floor_s"] > 0
   assert "No module named 'torch'" in rec["reference"] and no_torch_python in rec["reference"]
 
 
@@ -95,6 +97,7 @@ def test_bfloat16_bench_times_the_reference_under_autocast(tmp_path):
   assert rec["compute_dtype"] == "bfloat16" and rec["reference_median_s"] == 0.6
   assert rec["reference"] == "phenaki-pytorch 0.5.0, torch 9.9, 2 threads, bf16 autocast"
   assert rec["speedup_vs_reference"] == pytest.approx(0.6 / rec["median_s"], rel=0.01)
+  assert rec["speedup_bound_by_matmuls"] == pytest.approx(0.6 / rec["matmul_floor_s"], rel=0.01)
   assert cvivit_s.bench_config(tiny=True, compute_dtype="bfloat16").train.compute_dtype == "bfloat16"
   with pytest.raises(ValueError, match="float16"):
     cvivit_s.run(reps=1, tiny=True, torch_python=str(fake), compute_dtype="float16")

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from vidgen_jax import configs
-from vidgen_jax.bench import timing
+from vidgen_jax.bench import matmul_floor, timing
 from vidgen_jax.train.state import COMPUTE_DTYPES as DTYPES   # --compute-dtype: the layers' matmuls
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -47,6 +47,14 @@ def time_train_step(run, state, batch, *, reps: int, warmup: int = 2):
     return metrics
   seconds, _ = timing.median_seconds(once, warmup=warmup, reps=reps)
   return seconds, flops, holder["state"]
+
+
+def train_step_matmul_floor(run, state, batch, *, reps: int = 7) -> dict:
+  """{'matmul_floor_s', 'matmul_floor_flops'}: the train step's dots, each timed alone (bench/matmul_floor.py).
+  Call before timing the step, whose donation consumes `state`."""
+  batch = jax.device_put(batch, {k: run.batch_shardings()[k] for k in batch})
+  floor = matmul_floor.matmul_floor(run.jit_train_step(), state, batch, reps=reps)
+  return {"matmul_floor_s": round(floor["seconds"], 5), "matmul_floor_flops": floor["flops"]}
 
 
 def dtype(compute_dtype: str):
@@ -119,6 +127,8 @@ def attach(records, peak, reference=None, why="reference skipped", label="", unm
       rec["reference_median_s"] = round(reference[kind], 5)
       rec["speedup_vs_reference"] = round(reference[kind] / rec["median_s"], 3)
       rec["reference"] = label
+      if rec.get("matmul_floor_s"):   # the most any step could gain at XLA's matmul rate on this machine
+        rec["speedup_bound_by_matmuls"] = round(reference[kind] / rec["matmul_floor_s"], 3)
     else:
       rec["reference"] = why
   return records
