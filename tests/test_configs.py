@@ -59,6 +59,7 @@ def test_validation_lists_every_problem():
   c.sample.frame_offset = -1
   c.model.temporal_patch_size = 3   # 4 frames
   c.diffusion.temporal_loss_weight = -1.0
+  c.data.motions = "moving left, spinning"
   with pytest.raises(validation.ConfigError) as e:
     validation.validate_vdm(c, num_devices=8)
   msg = str(e.value)
@@ -67,9 +68,9 @@ def test_validation_lists_every_problem():
                  "diffusion.high_noise_from=1.0", "model.position_features=-1",
                  "diffusion.frame_noise_prob=-0.1", "sample.frame_offset=-1",
                  "data.num_frames=4 must be divisible by model.temporal_patch_size=3",
-                 "diffusion.temporal_loss_weight=-1.0: must be >= 0"):
+                 "diffusion.temporal_loss_weight=-1.0: must be >= 0", "data.motions: unknown motion(s) ['spinning']"):
     assert needle in msg, msg
-  assert len(e.value.problems) == 12
+  assert len(e.value.problems) == 13
   c = configs.load_config_file("configs/vdm_shapes.py:runlocal=True")
   c.diffusion.prediction, c.diffusion.temporal_loss_weight = "v", 2.0
   with pytest.raises(validation.ConfigError, match="needs diffusion.prediction='x0', got 'v'"):

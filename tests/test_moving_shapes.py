@@ -20,9 +20,9 @@ def _centres(video):
   return (ink * xs).sum(axis=(1, 2)) / total, (ink * ys).sum(axis=(1, 2)) / total
 
 
-def _examples(split='all', image_size=32, num_frames=8, count=120, seed=0):
+def _examples(split='all', image_size=32, num_frames=8, count=120, seed=0, motions=None):
   src = ms.MovingShapes(num_examples=count, image_size=image_size, num_frames=num_frames, seed=seed,
-                        split=split)
+                        split=split, motions=motions)
   return [src[i] for i in range(count)]
 
 
@@ -203,6 +203,18 @@ def test_splits_sample_only_their_combinations():
   assert {ex['caption'] for ex in _examples(split='heldout', count=60, image_size=16)} <= heldout
   with pytest.raises(ValueError, match='split'):
     ms.MovingShapes(split='test')
+
+
+def test_motions_restrict_the_combinations_sampled():
+  only = _examples(split='train', count=60, image_size=16, motions='rotating clockwise, growing')
+  assert {ms.MOTIONS[int(ex['motion'])] for ex in only} == {'rotating clockwise', 'growing'}
+  assert all(ex['caption'].endswith(ms.MOTIONS[int(ex['motion'])]) for ex in only)
+  rotating = ms.MovingShapes(image_size=16, motions=['rotating counterclockwise'])
+  assert {ms.SHAPES[int(rotating[i]['shape'])] for i in range(40)} == set(ms.ROTATING_SHAPES)
+  assert ms.parse_motions('') is None and ms.parse_motions(None) is None
+  assert ms.parse_motions(' growing,growing ') == ('growing',)
+  with pytest.raises(ValueError, match='unknown motion.*spinning.*choose from moving left'):
+    ms.MovingShapes(motions='spinning')
 
 
 def test_caption_round_trip_and_errors():

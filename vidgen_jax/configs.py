@@ -152,6 +152,7 @@ def moving_shapes_data(image_size: int, num_frames: int) -> ConfigDict:
   d.num_frames = num_frames
   d.num_examples = 1_000_000        # procedural: examples before the index wraps (an "epoch")
   d.split = "train"                 # train excludes the held-out combinations
+  d.motions = ""                    # comma-separated motion names to train on only (e.g. a curriculum); "" = all
   d.pad = "zeros"
   d.seed = 0
   return d

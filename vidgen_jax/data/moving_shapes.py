@@ -189,6 +189,19 @@ def captions(split):
   return [caption(*combo) for combo in combinations(split)]
 
 
+def parse_motions(motions):
+  """None for every motion, else a tuple of motion names from a sequence or a comma-separated string
+  ('' and None mean every motion); unknown names raise a ValueError that lists `MOTIONS`."""
+  if motions is None:
+    return None
+  names = [m.strip() for m in motions.split(',')] if isinstance(motions, str) else [str(m).strip() for m in motions]
+  names = [m for m in names if m]
+  unknown = [m for m in names if m not in MOTIONS]
+  if unknown:
+    raise ValueError(f'unknown motion(s) {unknown}; choose from {", ".join(MOTIONS)}.')
+  return tuple(dict.fromkeys(names)) or None
+
+
 def _check_sizes(image_size, num_frames):
   if operator.index(image_size) < MIN_IMAGE_SIZE:
     raise ValueError(f'image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}.')
@@ -319,11 +332,12 @@ def render(params, image_size, num_frames):
 class MovingShapes:
   """grain random-access source of moving-shapes clips; example i is a pure function of (seed, split, i).
 
-  Example i draws its combination uniformly from `combinations(split)` and then its geometry with
-  `sample_params`, both from `np.random.default_rng([seed, SPLITS.index(split), i])`.
+  Example i draws its combination uniformly from `combinations(split)` (only those with one of `motions`
+  when given: a subset for curricula and diagnostics) and then its geometry with `sample_params`, both from
+  `np.random.default_rng([seed, SPLITS.index(split), i])`.
   """
 
-  def __init__(self, num_examples=100_000, image_size=32, num_frames=8, seed=0, split='train'):
+  def __init__(self, num_examples=100_000, image_size=32, num_frames=8, seed=0, split='train', motions=None):
     _check_sizes(image_size, num_frames)
     if operator.index(num_examples) < 1:
       raise ValueError(f'num_examples must be >= 1, got {num_examples}.')
@@ -334,7 +348,11 @@ class MovingShapes:
     self.num_frames = int(num_frames)
     self.seed = int(seed)
     self.split = split
+    self.motions = parse_motions(motions)
     self._combos = combinations(split)
+    if self.motions:
+      wanted = {MOTIONS.index(m) for m in self.motions}
+      self._combos = [combo for combo in self._combos if combo[2] in wanted]   # every split has every motion
 
   def __len__(self):
     return self.num_examples
@@ -359,4 +377,4 @@ class MovingShapes:
 
   def __repr__(self):
     return (f'MovingShapes(num_examples={self.num_examples}, image_size={self.image_size}, '
-            f'num_frames={self.num_frames}, seed={self.seed}, split={self.split!r})')
+            f'num_frames={self.num_frames}, seed={self.seed}, split={self.split!r}, motions={self.motions!r})')

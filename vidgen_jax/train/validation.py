@@ -1,6 +1,7 @@
 """Start-up validation of a video-diffusion config: every mistake reported at once, one line each."""
 import math
 
+from vidgen_jax.data import moving_shapes
 from vidgen_jax.parallel.mesh import resolve_mesh_shape
 from vidgen_jax.parallel.sharding import SHARDING_PRESETS
 from vidgen_jax.train import state as state_lib
@@ -40,6 +41,10 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
   if d.source == "folder" and not d.folder:
     p.append("data.folder is empty but data.source='folder': give the folder of GIF/MP4 files with captions")
   _choice(p, "data.split", d.split, ("train", "heldout", "all"))
+  try:
+    moving_shapes.parse_motions(d.get("motions") or None)
+  except ValueError as e:
+    p.append(f"data.motions: {e}")
   _choice(p, "data.pad", d.pad, ("zeros", "last"))
   _positive(p, "data.num_frames", d.num_frames)
   _positive(p, "data.num_examples", d.num_examples)
