@@ -125,6 +125,24 @@ def test_resume_with_other_model_is_refused(tmp_path):
     loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder(), devices=ONE)
 
 
+
+def test_resume_of_a_workdir_older_than_an_option_added_at_its_off_value(tmp_path):
+  """A workdir written before `data.motions` existed resumes while the option is off; turned on, it is a
+  change and refused."""
+  config = micro_config(16, num_steps=2, ckpt_every=1, log_every=1)
+  loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder(), devices=ONE, stop_after=1)
+  saved = tmp_path / "w" / "config.json"
+  old = json.loads(saved.read_text())
+  del old["data"]["motions"]
+  saved.write_text(json.dumps(old))
+  assert int(loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder(), devices=ONE).step) == 2
+  saved.write_text(json.dumps(old))
+  config.data.motions = "growing"
+  config.train.num_steps = 3
+  with pytest.raises(ValueError, match="data.motions"):
+    loop.train(config, tmp_path / "w", text_encoder=HashTextEncoder(), devices=ONE)
+
+
 def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path):
   """Fine-tuning with another diffusion objective and optimizer: params and EMA are the source's at the
   chosen step, step and optimizer start fresh, the run then resumes from its own checkpoints; a different

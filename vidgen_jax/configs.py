@@ -130,14 +130,18 @@ def _tuples(d):
   return d
 
 
-def diff(a: ConfigDict, b: ConfigDict, prefix="") -> list[str]:
-  """Dotted keys whose values differ between two configs."""
+def diff(a: ConfigDict, b: ConfigDict, prefix="", added_off_ok: bool = False) -> list[str]:
+  """Dotted keys whose values differ between two configs. With `added_off_ok`, a key that `a` (an older
+  workdir's config) lacks and `b` holds at an off value ('', 0, False, None) is not a difference: options
+  are added defaulting to off, which is the behaviour the older run had."""
   da, db = a.to_dict(), b.to_dict()
   out = []
   for k in sorted(set(da) | set(db)):
     va, vb = da.get(k), db.get(k)
     if isinstance(va, dict) and isinstance(vb, dict):
-      out += diff(ConfigDict(va), ConfigDict(vb), f"{prefix}{k}.")
+      out += diff(ConfigDict(va), ConfigDict(vb), f"{prefix}{k}.", added_off_ok)
+    elif added_off_ok and k not in da and not isinstance(vb, dict) and not vb:
+      continue
     elif _tuples(va) != _tuples(vb):
       out.append(f"{prefix}{k}")
   return out

@@ -50,8 +50,9 @@ class _Preemption:
 
 
 def _changed(old, config, sections) -> list[str]:
-  """Dotted keys under the top-level `sections` whose values differ between two configs."""
-  return [k for k in configs.diff(old, config) if k.split(".")[0] in sections]
+  """Dotted keys under the top-level `sections` whose values differ between an earlier run's config and this
+  one (options added since that run, at their off value, are not changes)."""
+  return [k for k in configs.diff(old, config, added_off_ok=True) if k.split(".")[0] in sections]
 
 
 def check_resume_config(workdir: pathlib.Path, config):
