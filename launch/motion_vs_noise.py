@@ -41,8 +41,7 @@ def main():
   run, params, pred = gen.run, gen.params, gen.config.diffusion.prediction
   sched = run.sched
   if args.motion:
-    prompts = [q for q in moving_shapes.captions("all") if moving_shapes.parse_caption(q)[2] in
-               [moving_shapes.MOTIONS.index(m) for m in args.motion]]
+    prompts = [q for q in moving_shapes.captions("all") if metrics.prompt_labels(q)["motion"] in args.motion]
   else:
     prompts = [q for q, _ in run_eval.eval_prompts()]
   x0 = vdm.to_model_space(jnp.asarray(run_eval.real_videos(prompts, args.seed)))

@@ -53,9 +53,9 @@ def _inputs(config, seed=0):
 def jax_records(config, reps=10):
   run = setup_lib.build_run(config, devices=jax.devices()[:1])
   with run.context():
-    state = run.init_state(0)
-    floor = common.train_step_matmul_floor(run, state, _inputs(config))
-    seconds, flops, _ = common.time_train_step(run, state, _inputs(config), reps=reps)
+    state, inputs = run.init_state(0), _inputs(config)
+    floor = common.train_step_matmul_floor(run, state, inputs)
+    seconds, flops, _ = common.time_train_step(run, state, inputs, reps=reps)
   return [common.record("cvivit-s/train_step", seconds, flops, batch=config.train.batch_size, **floor)]
 
 
