@@ -49,12 +49,18 @@ def time_train_step(run, state, batch, *, reps: int, warmup: int = 2):
   return seconds, flops, holder["state"]
 
 
+def floor_fields(jitted, *args, reps: int = 7) -> dict:
+  """{'matmul_floor_s', 'matmul_floor_flops', 'matmul_floor_conv_s'}: the dots and convolutions of
+  `jitted(*args)`, each timed alone (bench/matmul_floor.py); the conv part is also given alone."""
+  floor = matmul_floor.matmul_floor(jitted, *args, reps=reps)
+  return {"matmul_floor_s": round(floor["seconds"], 5), "matmul_floor_flops": floor["flops"],
+          "matmul_floor_conv_s": round(floor["conv_seconds"], 5)}
+
+
 def train_step_matmul_floor(run, state, batch, *, reps: int = 7) -> dict:
-  """{'matmul_floor_s', 'matmul_floor_flops'}: the train step's dots, each timed alone (bench/matmul_floor.py).
-  Call before timing the step, whose donation consumes `state`."""
+  """`floor_fields` of the train step. Call before timing the step, whose donation consumes `state`."""
   batch = jax.device_put(batch, {k: run.batch_shardings()[k] for k in batch})
-  floor = matmul_floor.matmul_floor(run.jit_train_step(), state, batch, reps=reps)
-  return {"matmul_floor_s": round(floor["seconds"], 5), "matmul_floor_flops": floor["flops"]}
+  return floor_fields(run.jit_train_step(), state, batch, reps=reps)
 
 
 def dtype(compute_dtype: str):
@@ -127,7 +133,7 @@ def attach(records, peak, reference=None, why="reference skipped", label="", unm
       rec["reference_median_s"] = round(reference[kind], 5)
       rec["speedup_vs_reference"] = round(reference[kind] / rec["median_s"], 3)
       rec["reference"] = label
-      if rec.get("matmul_floor_s"):   # the most any step could gain at XLA's matmul rate on this machine
+      if rec.get("matmul_floor_s"):   # the most any step could gain at XLA's product rates on this machine
         rec["speedup_bound_by_matmuls"] = round(reference[kind] / rec["matmul_floor_s"], 3)
     else:
       rec["reference"] = why

@@ -1,10 +1,11 @@
-"""The matmul floor of a jitted function: every dot it runs, each timed alone on this machine.
+"""The matmul floor of a jitted function: every dot and convolution it runs, each timed alone on this machine.
 
 A train step cannot run faster than its matrix products, and on a CPU each product runs at a rate set by its
 shape (a (1280, 128) x (128, 128) product reaches well under half the rate of a 2048^3 one). This reads the
-dots off the lowered HLO, times one jitted `lax.dot_general` per distinct (shapes, dtypes, dimension numbers)
-on arrays of those shapes, and sums time x count. The sum is what XLA's own dot kernels need for the step's
-matmuls with nothing else in the step: a speed-up claim below it would need faster matmuls than XLA's.
+dots and convolutions off the lowered HLO, times one jitted `lax.dot_general` / `lax.conv_general_dilated`
+per distinct (shapes, dtypes, dimension numbers, window) on arrays of those shapes, and sums time x count.
+The sum is what XLA's own kernels need for the step's products with nothing else in the step: a speed-up
+claim below it would need faster matmuls or convolutions than XLA's.
 """
 import collections
 import dataclasses
@@ -20,6 +21,9 @@ _DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16, "f64": 
 # `name = f32[2,3]{1,0} op(...)`, with or without '%' sigils and 'ROOT'.
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (\w+)\[([\d,]*)\]\S* ([\w\-]+)\((.*)$")
 _DIMS = re.compile(r"(lhs_batch_dims|rhs_batch_dims|lhs_contracting_dims|rhs_contracting_dims)=\{([\d,]*)\}")
+_WINDOW = re.compile(r"window=\{([^}]*)\}")
+_DIM_LABELS = re.compile(r"dim_labels=(\w+)_(\w+)->(\w+)")
+_GROUPS = re.compile(r"(feature_group_count|batch_group_count)=(\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +48,83 @@ class Dot:
     dims = (self.contracting, self.batch)
     return jax.jit(lambda a, b: jax.lax.dot_general(a, b, dims, preferred_element_type=_DTYPES[self.out_dtype]))
 
+  def canonical(self) -> "Dot":
+    """The same product with operands laid out (batch, M, K) x (batch, K, N), or (M, K) x (K, N) without batch
+    dimensions: the layout XLA's kernel takes without transposing. The HLO's own layout can be far slower
+    alone (VDM-S's (32768 x 8 x 32)-batched attention products: 2x) although the compiled step lays its
+    operands out as it likes, so the floor times both and keeps the faster."""
+    (lc, rc), (lb, rb) = self.contracting, self.batch
+    size = lambda shape, dims: int(np.prod([shape[i] for i in dims]))
+    free = lambda shape, dims: int(np.prod([s for i, s in enumerate(shape) if i not in dims]))
+    b, k = size(self.lhs, lb), size(self.lhs, lc)
+    m, n = free(self.lhs, lc + lb), free(self.rhs, rc + rb)
+    if lb:
+      return dataclasses.replace(self, lhs=(b, m, k), rhs=(b, k, n), contracting=((2,), (1,)), batch=((0,), (0,)))
+    return dataclasses.replace(self, lhs=(m, k), rhs=(k, n), contracting=((1,), (0,)), batch=((), ()))
 
-def dots(hlo_text: str) -> collections.Counter:
-  """{Dot: how many times it occurs} in HLO text (`jitted.lower(...).as_text(dialect='hlo')`)."""
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+  """One convolution as HLO states it: operand shapes and dtypes, result shape and dtype, the window
+  (size, stride, padding, lhs and rhs dilation per spatial dimension), dim_labels and group counts."""
+  lhs: tuple
+  rhs: tuple
+  lhs_dtype: str
+  rhs_dtype: str
+  out: tuple
+  out_dtype: str
+  strides: tuple
+  padding: tuple       # ((lo, hi), ...)
+  lhs_dilation: tuple
+  rhs_dilation: tuple
+  dim_labels: tuple    # e.g. ('b01f', '01io', 'b01f')
+  feature_group_count: int = 1
+  batch_group_count: int = 1
+
+  def dimension_numbers(self) -> jax.lax.ConvDimensionNumbers:
+    lhs, rhs, out = self.dim_labels
+    spatial = lambda labels: tuple(labels.index(str(i)) for i in range(len(labels) - 2))
+    return jax.lax.ConvDimensionNumbers(
+        (lhs.index("b"), lhs.index("f")) + spatial(lhs), (rhs.index("o"), rhs.index("i")) + spatial(rhs),
+        (out.index("b"), out.index("f")) + spatial(out))
+
+  def jitted(self):
+    """The convolution alone (a reversed kernel, `rhs_reversal`, costs the same and is left out)."""
+    return jax.jit(lambda a, b: jax.lax.conv_general_dilated(
+        a, b, self.strides, self.padding, self.lhs_dilation, self.rhs_dilation, self.dimension_numbers(),
+        self.feature_group_count, self.batch_group_count, preferred_element_type=_DTYPES[self.out_dtype]))
+
+
+def _ints(text, sep="x"):
+  return tuple(int(v) for v in text.split(sep))
+
+
+def _conv(lhs, rhs, out, attrs: str) -> Conv:
+  window = dict(item.split("=") for item in _WINDOW.search(attrs).group(1).split())
+  rank = len(window["size"].split("x"))
+  ones = (1,) * rank
+  padding = tuple(_ints(p, "_") for p in window["pad"].split("x")) if "pad" in window else ((0, 0),) * rank
+  groups = {k: int(v) for k, v in _GROUPS.findall(attrs)}
+  return Conv(lhs[1], rhs[1], lhs[0], rhs[0], out[1], out[0],
+              _ints(window["stride"]) if "stride" in window else ones, padding,
+              _ints(window["lhs_dilate"]) if "lhs_dilate" in window else ones,
+              _ints(window["rhs_dilate"]) if "rhs_dilate" in window else ones,
+              _DIM_LABELS.search(attrs).groups(), groups.get("feature_group_count", 1),
+              groups.get("batch_group_count", 1))
+
+
+def _dot(lhs, rhs, out, attrs: str) -> Dot:
+  dims = {k: tuple(int(x) for x in v.split(",") if x) for k, v in _DIMS.findall(attrs)}
+  return Dot(lhs[1], rhs[1], lhs[0], rhs[0], out[0],
+             (dims.get("lhs_contracting_dims", ()), dims.get("rhs_contracting_dims", ())),
+             (dims.get("lhs_batch_dims", ()), dims.get("rhs_batch_dims", ())))
+
+
+_READERS = {"dot": _dot, "convolution": _conv}
+
+
+def products(hlo_text: str) -> collections.Counter:
+  """{Dot or Conv: how many times it occurs} in HLO text (`jitted.lower(...).as_text(dialect='hlo')`)."""
   shapes, found = {}, []
   for line in hlo_text.splitlines():
     m = _INSTRUCTION.match(line)
@@ -54,33 +132,56 @@ def dots(hlo_text: str) -> collections.Counter:
       continue
     name, dtype, dims, op, rest = m.groups()
     shapes[name] = (dtype, tuple(int(d) for d in dims.split(",") if d))
-    if op == "dot":
-      args = rest.split(")", 1)[0]   # 'a.1, b.2' or, with operand types inline, 'f32[2,3]{1,0} %a.1, ...'
+    if op in _READERS:
+      args, attrs = rest.split(")", 1)   # 'a.1, b.2' or, with operand types inline, 'f32[2,3]{1,0} %a.1, ...'
       operands = re.findall(r"%([\w.\-]+)", args) if "%" in args else [a.strip() for a in args.split(",")]
-      found.append((operands, dtype, dict(_DIMS.findall(rest))))
+      found.append((op, operands, shapes[name], attrs))
   out = collections.Counter()
-  for operands, dtype, attrs in found:
+  for op, operands, result, attrs in found:
     if len(operands) != 2 or any(o not in shapes for o in operands):
-      raise ValueError(f"cannot read the operands of a dot in the HLO text: {operands}")
-    (ldt, lhs), (rdt, rhs) = shapes[operands[0]], shapes[operands[1]]
-    dims = {k: tuple(int(x) for x in v.split(",") if x) for k, v in attrs.items()}
-    out[Dot(lhs, rhs, ldt, rdt, dtype, (dims.get("lhs_contracting_dims", ()), dims.get("rhs_contracting_dims", ())),
-            (dims.get("lhs_batch_dims", ()), dims.get("rhs_batch_dims", ())))] += 1
+      raise ValueError(f"cannot read the operands of a {op} in the HLO text: {operands}")
+    out[_READERS[op](shapes[operands[0]], shapes[operands[1]], result, attrs)] += 1
   return out
 
 
-def time_dot(dot: Dot, reps: int = 7) -> float:
-  """Median seconds of one `dot` on this backend, operands already on the device."""
-  f = dot.jitted()
-  a, b = jnp.ones(dot.lhs, _DTYPES[dot.lhs_dtype]), jnp.ones(dot.rhs, _DTYPES[dot.rhs_dtype])
-  return timing.median_seconds(lambda: f(a, b), warmup=2, reps=reps)[0]
+def dots(hlo_text: str) -> collections.Counter:
+  """{Dot: how many times it occurs} in HLO text."""
+  return collections.Counter({p: n for p, n in products(hlo_text).items() if isinstance(p, Dot)})
+
+
+def time_product(product, reps: int = 7) -> tuple[float, float]:
+  """(median seconds, FLOPs) of one `product` on this backend, operands already on the device: a Dot in the
+  faster of its HLO layout and `Dot.canonical`, a Conv as the HLO states it. A Conv's FLOPs are XLA's cost
+  analysis of it alone (padding and dilation holes not counted), a Dot's its formula."""
+  if isinstance(product, Dot) and product.canonical() != product:
+    return min(_time_alone(product, reps), _time_alone(product.canonical(), reps))
+  return _time_alone(product, reps)
+
+
+def _time_alone(product, reps):
+  a, b = jnp.ones(product.lhs, _DTYPES[product.lhs_dtype]), jnp.ones(product.rhs, _DTYPES[product.rhs_dtype])
+  compiled, flops = timing.compile_counting_flops(product.jitted(), a, b)
+  if isinstance(product, Conv):
+    shape = jax.eval_shape(product.jitted(), a, b).shape
+    if shape != product.out:
+      raise ValueError(f"the convolution rebuilt from HLO gives shape {shape}, HLO says {product.out}: {product}")
+  else:
+    flops = product.flops
+  return timing.median_seconds(lambda: compiled(a, b), warmup=2, reps=reps)[0], float(flops or 0.0)
 
 
 def matmul_floor(jitted, *args, reps: int = 7) -> dict:
-  """{'seconds', 'flops', 'dots', 'distinct'} of the dots `jitted(*args)` runs, each timed alone (module doc)."""
-  found = dots(jitted.lower(*args).as_text(dialect="hlo"))
-  if not found:
-    return {"seconds": 0.0, "flops": 0.0, "dots": 0, "distinct": 0}
-  seconds = sum(n * time_dot(d, reps) for d, n in found.items())
-  return {"seconds": seconds, "flops": sum(n * d.flops for d, n in found.items()), "dots": sum(found.values()),
-          "distinct": len(found)}
+  """The dots and convolutions `jitted(*args)` runs, each timed alone (module doc): {'seconds', 'flops', 'dots',
+  'convolutions', 'distinct', 'conv_seconds', 'conv_flops'}; the first two cover both kinds."""
+  totals = collections.Counter()
+  found = products(jitted.lower(*args).as_text(dialect="hlo"))
+  for product, n in found.items():
+    seconds, flops = time_product(product, reps)
+    kind = "conv_" if isinstance(product, Conv) else "dot_"
+    totals[kind + "seconds"] += n * seconds
+    totals[kind + "flops"] += n * flops
+    totals["convolutions" if isinstance(product, Conv) else "dots"] += n
+  return {"seconds": totals["dot_seconds"] + totals["conv_seconds"],
+          "flops": totals["dot_flops"] + totals["conv_flops"], "dots": totals["dots"],
+          "convolutions": totals["convolutions"], "distinct": len(found),
+          "conv_seconds": float(totals["conv_seconds"]), "conv_flops": float(totals["conv_flops"])}

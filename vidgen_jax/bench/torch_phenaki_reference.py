@@ -41,21 +41,21 @@ def _stub_missing_optional_modules():
   """phenaki-pytorch imports torchvision (only its VGG uses it), beartype (decorators) and, through its T5
   helper, transformers (only to encode raw text; the benchmark passes text embeddings). Stand-ins for those
   that are missing, so a bare torch + einops + vector-quantize-pytorch environment can run the models
-  (phenaki-pytorch installed with --no-deps)."""
+  (phenaki-pytorch installed with --no-deps). The T5 helper is always replaced: even with transformers
+  installed it would fetch the T5 config from the Hugging Face hub to read its width (768)."""
   stub_torchvision()
   if importlib.util.find_spec("beartype") is None:
     bt = types.ModuleType("beartype")
     bt.beartype = lambda f=None, **kw: f if f is not None else (lambda g: g)
     sys.modules["beartype"] = bt
-  if importlib.util.find_spec("transformers") is None:
-    t5 = types.ModuleType("phenaki_pytorch.t5")
-    t5.DEFAULT_T5_NAME = "google/t5-v1_1-base"
-    t5.get_encoded_dim = lambda name: 768
+  t5 = types.ModuleType("phenaki_pytorch.t5")
+  t5.DEFAULT_T5_NAME = "google/t5-v1_1-base"
+  t5.get_encoded_dim = lambda name: 768
 
-    def t5_encode_text(*args, **kwargs):
-      raise RuntimeError("transformers is not installed: pass text embeddings")
-    t5.t5_encode_text = t5_encode_text
-    sys.modules["phenaki_pytorch.t5"] = t5
+  def t5_encode_text(*args, **kwargs):
+    raise RuntimeError("the benchmark passes text embeddings; raw text is not encoded")
+  t5.t5_encode_text = t5_encode_text
+  sys.modules["phenaki_pytorch.t5"] = t5
   # The package's __init__ also imports its trainers (accelerate, ema_pytorch, cv2, tqdm, PIL); the benchmark
   # needs only the model modules, so the package is registered bare and its submodules load on demand.
   spec = importlib.util.find_spec("phenaki_pytorch")

@@ -1,8 +1,8 @@
 """The VDM-S benchmark of DESIGN.md: Unet3D dim 32, dim_mults (1, 2, 4), cond_dim 64, batch 4 of 8 x 32 x 32.
 
 Times our real train step (forward, backward, Adam, EMA: `vdm.train_step`, jitted as training does) and one
-denoising step (one model call plus the DDIM update, `vdm.sample` with one step, no guidance), and 4 videos
-sampled with 50 DDIM steps. The model is configured as the reference: eps prediction, L1 loss, pooled-text
+denoising step (one model call plus the DDIM update, `vdm.sample` with one step, no guidance), each with its
+matmul floor (its dots and convolutions timed alone), and 4 videos sampled with 50 DDIM steps. The model is configured as the reference: eps prediction, L1 loss, pooled-text
 FiLM conditioning only (no cross-attention), float32. With torch and video-diffusion-pytorch importable by
 `torch_python` the reference is timed in the same run (`torch_vdm_reference.py`) and the ratios printed.
 """
@@ -41,25 +41,28 @@ def _inputs(batch, frames, size, seed=0):
           "text_mask": np.ones((batch, 1), bool)}
 
 
-def jax_records(batch=4, reps=10, sample_videos=True, compute_dtype="float32"):
-  """Records for our side: train step, one denoising step, and (optionally) 4 videos x 50 DDIM steps."""
+def jax_records(batch=4, reps=10, sample_videos=True, compute_dtype="float32", with_floor=True):
+  """Records for our side: train step, one denoising step, and (optionally) 4 videos x 50 DDIM steps; the two
+  steps with their matmul floor (`common.floor_fields`) unless `with_floor` is False."""
   config = bench_config(batch, compute_dtype)
   d = config.data
   run = setup_lib.build_run(config, text_encoder=_CondOnly(), devices=jax.devices()[:1])
   inputs = _inputs(batch, d.num_frames, d.image_size)
   records = []
   with run.context():
-    seconds, flops, state = common.time_train_step(run, run.init_state(0), inputs, reps=reps)
-    records.append(common.record("vdm-s/train_step", seconds, flops, batch=batch))
+    state = run.init_state(0)
+    floor = common.train_step_matmul_floor(run, state, inputs) if with_floor else {}
+    seconds, flops, state = common.time_train_step(run, state, inputs, reps=reps)
+    records.append(common.record("vdm-s/train_step", seconds, flops, batch=batch, **floor))
 
     params = state.ema_params
     tokens, mask = jnp.asarray(inputs["text_tokens"]), jnp.asarray(inputs["text_mask"])
     key = jax.random.key(0)
-    one, flops = timing.compile_counting_flops(
-        vdm.make_sample_fn(run.model, run.sched, config, sampler="ddim", steps=1, cond_scale=1.0),
-        params, key, tokens, mask)
+    one_step = vdm.make_sample_fn(run.model, run.sched, config, sampler="ddim", steps=1, cond_scale=1.0)
+    floor = common.floor_fields(one_step, params, key, tokens, mask) if with_floor else {}
+    one, flops = timing.compile_counting_flops(one_step, params, key, tokens, mask)
     seconds, _ = timing.median_seconds(lambda: one(params, key, tokens, mask), reps=reps)
-    records.append(common.record("vdm-s/denoise_step", seconds, flops, batch=batch))
+    records.append(common.record("vdm-s/denoise_step", seconds, flops, batch=batch, **floor))
 
     if sample_videos:
       full = vdm.make_sample_fn(run.model, run.sched, config, sampler="ddim", steps=50, cond_scale=1.0)
