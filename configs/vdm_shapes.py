@@ -66,6 +66,7 @@ def get_config(arg=None):
   c.data.num_examples = 1_000_000   # procedural: examples before the index wraps (an "epoch")
   c.data.split = "train"            # moving shapes: train excludes the held-out combinations
   c.data.motions = ""               # moving shapes: comma-separated motions to train on only; "" = all
+  c.data.motion_weights = ""        # moving shapes: "rotating clockwise=4, ...": a motion's clips w times as often
   c.data.pad = "zeros"              # folder clips shorter than num_frames: zeros | last
   c.data.seed = 0
 

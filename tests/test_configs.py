@@ -60,6 +60,7 @@ def test_validation_lists_every_problem():
   c.model.temporal_patch_size = 3   # 4 frames
   c.diffusion.temporal_loss_weight = -1.0
   c.data.motions = "moving left, spinning"
+  c.data.motion_weights = "growing=-2"
   with pytest.raises(validation.ConfigError) as e:
     validation.validate_vdm(c, num_devices=8)
   msg = str(e.value)
@@ -68,9 +69,10 @@ def test_validation_lists_every_problem():
                  "diffusion.high_noise_from=1.0", "model.position_features=-1",
                  "diffusion.frame_noise_prob=-0.1", "sample.frame_offset=-1",
                  "data.num_frames=4 must be divisible by model.temporal_patch_size=3",
-                 "diffusion.temporal_loss_weight=-1.0: must be >= 0", "data.motions: unknown motion(s) ['spinning']"):
+                 "diffusion.temporal_loss_weight=-1.0: must be >= 0", "data.motions: unknown motion(s) ['spinning']",
+                 "data.motion_weights: weight of 'growing' must be a finite number >= 0"):
     assert needle in msg, msg
-  assert len(e.value.problems) == 13
+  assert len(e.value.problems) == 14
   c = configs.load_config_file("configs/vdm_shapes.py:runlocal=True")
   c.diffusion.prediction, c.diffusion.temporal_loss_weight = "v", 2.0
   with pytest.raises(validation.ConfigError, match="needs diffusion.prediction='x0', got 'v'"):

@@ -217,6 +217,46 @@ def test_motions_restrict_the_combinations_sampled():
     ms.MovingShapes(motions='spinning')
 
 
+def test_motion_weights_oversample_a_motion_and_keep_the_others():
+  n = 3000
+  even = ms.MovingShapes(num_examples=n, image_size=16, split='train')
+  weighted = ms.MovingShapes(num_examples=n, image_size=16, split='train',
+                             motion_weights='rotating clockwise=4, rotating counterclockwise = 4,growing=0')
+  # Count the motions drawn without rendering (the combination comes first from each example's stream).
+  def shares(src):
+    drawn = [src._combos[src._draw(np.random.default_rng([src.seed, ms.SPLITS.index(src.split), i]))][2]
+             for i in range(n)]
+    return np.bincount(drawn, minlength=len(ms.MOTIONS)) / n
+  combos = ms.combinations('train')
+  per_motion = np.bincount([c[2] for c in combos], minlength=len(ms.MOTIONS))
+  rot = [ms.MOTIONS.index(m) for m in ms.ROTATIONS]
+  w = np.ones(len(ms.MOTIONS)); w[rot] = 4; w[ms.MOTIONS.index('growing')] = 0
+  expected = per_motion * w / (per_motion * w).sum()
+  np.testing.assert_allclose(shares(weighted), expected, atol=0.025)       # 3000 draws: ~4 sigma
+  np.testing.assert_allclose(shares(even), per_motion / per_motion.sum(), atol=0.025)
+  assert shares(weighted)[rot].sum() > 2.5 * shares(even)[rot].sum()
+  # the examples agree with the drawn combination, and equal weights change nothing
+  ex = weighted[7]
+  assert ex['caption'] == ms.caption(*weighted._combos[weighted._draw(np.random.default_rng([0, 0, 7]))])
+  same = ms.MovingShapes(num_examples=n, image_size=16, split='train', motion_weights='growing=1, shrinking=1')
+  for i in (0, 11, 123):
+    assert same[i]['caption'] == even[i]['caption'] and np.array_equal(same[i]['video'], even[i]['video'])
+  assert ms.parse_motion_weights('') is None and ms.parse_motion_weights({'growing': 2}) == {'growing': 2.0}
+
+
+@pytest.mark.parametrize('bad,match', [('spinning=2', 'unknown motion'), ('growing', 'motion=weight'),
+                                       ('growing=-1', 'finite number >= 0'), ('growing=x', 'finite number'),
+                                       ('growing=inf', 'finite number')])
+def test_motion_weights_refuse_bad_input(bad, match):
+  with pytest.raises(ValueError, match=match):
+    ms.parse_motion_weights(bad)
+
+
+def test_motion_weights_of_zero_for_every_motion_left_are_refused():
+  with pytest.raises(ValueError, match='nothing left to draw'):
+    ms.MovingShapes(motions='growing', motion_weights='growing=0')
+
+
 def test_caption_round_trip_and_errors():
   for combo in ms.combinations('all'):
     assert ms.parse_caption(ms.caption(*combo)) == combo

@@ -157,6 +157,7 @@ def moving_shapes_data(image_size: int, num_frames: int) -> ConfigDict:
   d.num_examples = 1_000_000        # procedural: examples before the index wraps (an "epoch")
   d.split = "train"                 # train excludes the held-out combinations
   d.motions = ""                    # comma-separated motion names to train on only (e.g. a curriculum); "" = all
+  d.motion_weights = ""             # "motion=w, ...": draw clips of a motion w times as often (default 1); "" = even
   d.pad = "zeros"
   d.seed = 0
   return d

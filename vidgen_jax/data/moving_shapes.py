@@ -202,6 +202,36 @@ def parse_motions(motions):
   return tuple(dict.fromkeys(names)) or None
 
 
+def parse_motion_weights(weights):
+  """None for equal weights, else {motion: weight} from a mapping or a string 'motion=w, motion=w' ('' and None
+  mean equal weights); motions not named keep weight 1. Unknown motions and weights that are not finite
+  numbers >= 0 raise a ValueError that says which."""
+  if not weights:
+    return None
+  if isinstance(weights, str):
+    items = []
+    for item in (i.strip() for i in weights.split(',')):
+      if not item:
+        continue
+      name, sep, value = item.rpartition('=')
+      if not sep:
+        raise ValueError(f'motion weight {item!r} is not "motion=weight" (e.g. "rotating clockwise=4").')
+      items.append((name.strip(), value.strip()))
+  else:
+    items = list(dict(weights).items())
+  parse_motions([name for name, _ in items])   # names known
+  out = {}
+  for name, value in items:
+    try:
+      weight = float(value)
+    except (TypeError, ValueError):
+      weight = float('nan')
+    if not np.isfinite(weight) or weight < 0:
+      raise ValueError(f'weight of {name!r} must be a finite number >= 0, got {value!r}.')
+    out[name] = weight
+  return out or None
+
+
 def _check_sizes(image_size, num_frames):
   if operator.index(image_size) < MIN_IMAGE_SIZE:
     raise ValueError(f'image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}.')
@@ -334,10 +364,14 @@ class MovingShapes:
 
   Example i draws its combination uniformly from `combinations(split)` (only those with one of `motions`
   when given: a subset for curricula and diagnostics) and then its geometry with `sample_params`, both from
-  `np.random.default_rng([seed, SPLITS.index(split), i])`.
+  `np.random.default_rng([seed, SPLITS.index(split), i])`. `motion_weights` ({motion: w} or 'motion=w, ...',
+  `parse_motion_weights`) draws each combination with probability proportional to its motion's weight
+  instead (default 1): the share of a motion's clips is multiplied by w before renormalising, e.g. to
+  oversample motions a model learns slowly without dropping the others. Weight 0 leaves a motion out.
   """
 
-  def __init__(self, num_examples=100_000, image_size=32, num_frames=8, seed=0, split='train', motions=None):
+  def __init__(self, num_examples=100_000, image_size=32, num_frames=8, seed=0, split='train', motions=None,
+               motion_weights=None):
     _check_sizes(image_size, num_frames)
     if operator.index(num_examples) < 1:
       raise ValueError(f'num_examples must be >= 1, got {num_examples}.')
@@ -353,6 +387,15 @@ class MovingShapes:
     if self.motions:
       wanted = {MOTIONS.index(m) for m in self.motions}
       self._combos = [combo for combo in self._combos if combo[2] in wanted]   # every split has every motion
+    self.motion_weights = parse_motion_weights(motion_weights)
+    self._cumulative = None   # None: uniform over the combinations, drawn as before weights existed
+    if self.motion_weights:
+      weights = np.array([self.motion_weights.get(MOTIONS[combo[2]], 1.0) for combo in self._combos])
+      if not weights.sum() > 0:
+        raise ValueError(f'motion_weights {self.motion_weights} give every motion of {self.motions or "the split"} '
+                         'weight 0: nothing left to draw.')
+      if not np.all(weights == weights[0]):   # equal weights draw exactly the unweighted examples
+        self._cumulative = np.cumsum(weights) / weights.sum()
 
   def __len__(self):
     return self.num_examples
@@ -364,7 +407,7 @@ class MovingShapes:
     if not 0 <= index < self.num_examples:
       raise IndexError(f'Index {index} out of range for {self!r}.')
     rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index])
-    combo = self._combos[rng.integers(len(self._combos))]
+    combo = self._combos[self._draw(rng)]
     params = sample_params(rng, combo, self.image_size, self.num_frames)
     return {
         'video': render(params, self.image_size, self.num_frames),
@@ -375,6 +418,13 @@ class MovingShapes:
         'params': params_to_vector(params),
     }
 
+  def _draw(self, rng):
+    """Index into the combinations of the next example, the first draw from its stream `rng`."""
+    if self._cumulative is None:
+      return int(rng.integers(len(self._combos)))
+    return min(int(np.searchsorted(self._cumulative, rng.random(), side='right')), len(self._combos) - 1)
+
   def __repr__(self):
     return (f'MovingShapes(num_examples={self.num_examples}, image_size={self.image_size}, '
-            f'num_frames={self.num_frames}, seed={self.seed}, split={self.split!r}, motions={self.motions!r})')
+            f'num_frames={self.num_frames}, seed={self.seed}, split={self.split!r}, motions={self.motions!r}, '
+            f'motion_weights={self.motion_weights!r})')

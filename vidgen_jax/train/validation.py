@@ -45,6 +45,10 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
     moving_shapes.parse_motions(d.get("motions") or None)
   except ValueError as e:
     p.append(f"data.motions: {e}")
+  try:
+    moving_shapes.parse_motion_weights(d.get("motion_weights") or None)
+  except ValueError as e:
+    p.append(f"data.motion_weights: {e}")
   _choice(p, "data.pad", d.pad, ("zeros", "last"))
   _positive(p, "data.num_frames", d.num_frames)
   _positive(p, "data.num_examples", d.num_examples)
