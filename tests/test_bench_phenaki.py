@@ -16,7 +16,7 @@ from vidgen_jax import bench, cli
 from vidgen_jax.bench import cvivit_s, maskgit_s
 
 FIELDS = {"name", "median_s", "flops", "flops_per_s", "peak_matmul_flops_per_s", "fraction_of_peak", "backend",
-          "reference", "batch", "matmul_floor_s", "matmul_floor_flops"}
+          "reference", "batch", "matmul_floor_s", "matmul_floor_flops", "matmul_floor_conv_s"}
 
 
 @pytest.fixture
@@ -36,6 +36,7 @@ def _check(records, name, no_torch_python):
   assert "reference_median_s" not in rec and "speedup_vs_reference" not in rec
   # The step's dots alone: most of its FLOPs (the rest is elementwise), and time a real step cannot beat by much.
   assert 0.5 * rec["flops"] < rec["matmul_floor_flops"] <= rec["flops"] and rec["matmul_floor_s"] > 0
+  assert 0 <= rec["matmul_floor_conv_s"] <= rec["matmul_floor_s"]
   assert "No module named 'torch'" in rec["reference"] and no_torch_python in rec["reference"]
 
 
