@@ -99,3 +99,23 @@ def test_canonical_dot_is_the_same_product_laid_out_batch_m_k_by_batch_k_n(spec,
   b2 = np.transpose(b, rb + rc + tuple(free_r)).reshape(canon.rhs)
   np.testing.assert_allclose(np.asarray(canon.jitted()(a2, b2)).reshape(-1),
                              np.asarray(dot.jitted()(a, b)).reshape(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_spec_lists_dots_canonically_and_forward_convs_with_their_input_gradient(tmp_path):
+  from vidgen_jax.bench import common
+  x, w, v = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4)), jnp.ones((3, 3, 4, 4))
+  loss = lambda w, v, m: jnp.sum(jnp.tanh(_conv(_conv(x, w, 1), v, 2)) @ m)   # the data conv: no input gradient
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  args = (w, v, jnp.ones((4, 5)))
+  spec = matmul_floor.torch_spec(matmul_floor.products(grad.lower(*args).as_text(dialect="hlo")))
+  convs = {tuple(c["out"]): c for c in spec["convs"]}
+  assert set(convs) == {(2, 8, 8, 4), (2, 4, 4, 4)} and spec["skipped"] == 0
+  assert not convs[(2, 8, 8, 4)]["input_grad"] and convs[(2, 4, 4, 4)]["input_grad"]
+  assert convs[(2, 4, 4, 4)]["strides"] == [2, 2] and convs[(2, 4, 4, 4)]["padding"] == [[1, 1], [1, 1]]
+  assert spec["dots"] and all(len(d["lhs"]) in (2, 3) and d["lhs"][-1] == d["rhs"][-2] for d in spec["dots"])
+  # Without torch the floor keeps XLA's figures and leaves torch's out.
+  fake = tmp_path / "python"
+  fake.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named torch' >&2\nexit 1\n")
+  fake.chmod(0o755)
+  fields = common.floor_fields(grad, *args, reps=1, torch_python=str(fake))
+  assert fields["matmul_floor_s"] > 0 and "reference_matmul_floor_s" not in fields

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -49,18 +50,34 @@ def time_train_step(run, state, batch, *, reps: int, warmup: int = 2):
   return seconds, flops, holder["state"]
 
 
-def floor_fields(jitted, *args, reps: int = 7) -> dict:
+def floor_fields(jitted, *args, reps: int = 7, torch_python=None) -> dict:
   """{'matmul_floor_s', 'matmul_floor_flops', 'matmul_floor_conv_s'}: the dots and convolutions of
-  `jitted(*args)`, each timed alone (bench/matmul_floor.py); the conv part is also given alone."""
+  `jitted(*args)`, each timed alone (bench/matmul_floor.py); the conv part is also given alone. With
+  `torch_python`, also 'reference_matmul_floor_s': the same products with torch's kernels in that
+  interpreter (`torch_products.py`; left out, with the reason logged, when it cannot run)."""
   floor = matmul_floor.matmul_floor(jitted, *args, reps=reps)
-  return {"matmul_floor_s": round(floor["seconds"], 5), "matmul_floor_flops": floor["flops"],
-          "matmul_floor_conv_s": round(floor["conv_seconds"], 5)}
+  fields = {"matmul_floor_s": round(floor["seconds"], 5), "matmul_floor_flops": floor["flops"],
+            "matmul_floor_conv_s": round(floor["conv_seconds"], 5)}
+  if torch_python:
+    spec = matmul_floor.torch_spec(matmul_floor.products(jitted.lower(*args).as_text(dialect="hlo")))
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+      json.dump(spec, f)
+    try:
+      out, why = run_reference("torch_products.py", [f.name, "--reps", reps], torch_python)
+    finally:
+      os.unlink(f.name)
+    if out is None:
+      print(f"torch products not timed: {why}", file=sys.stderr)
+    else:
+      fields["reference_matmul_floor_s"] = round(out["dot_s"] + out["conv_s"], 5)
+      fields["reference_matmul_floor_conv_s"] = round(out["conv_s"], 5)
+  return fields
 
 
-def train_step_matmul_floor(run, state, batch, *, reps: int = 7) -> dict:
+def train_step_matmul_floor(run, state, batch, *, reps: int = 7, torch_python=None) -> dict:
   """`floor_fields` of the train step. Call before timing the step, whose donation consumes `state`."""
   batch = jax.device_put(batch, {k: run.batch_shardings()[k] for k in batch})
-  return floor_fields(run.jit_train_step(), state, batch, reps=reps)
+  return floor_fields(run.jit_train_step(), state, batch, reps=reps, torch_python=torch_python)
 
 
 def dtype(compute_dtype: str):

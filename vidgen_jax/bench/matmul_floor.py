@@ -185,3 +185,26 @@ def matmul_floor(jitted, *args, reps: int = 7) -> dict:
           "flops": totals["dot_flops"] + totals["conv_flops"], "dots": totals["dots"],
           "convolutions": totals["convolutions"], "distinct": len(found),
           "conv_seconds": float(totals["conv_seconds"]), "conv_flops": float(totals["conv_flops"])}
+
+
+def torch_spec(found: collections.Counter) -> dict:
+  """The float32 products of `found` (from `products`) in the form `torch_products.py` times them: canonical
+  dots, and each forward convolution (NHWC x HWIO; the step's input- and kernel-gradient convolutions are
+  its backward pass) with whether the step also takes its input gradient. Other dtypes and layouts are
+  left out and counted in 'skipped'."""
+  dots, convs, skipped = [], [], 0
+  input_grads = {p.out for p in found if isinstance(p, Conv) and p.dim_labels == ("b01f", "01oi", "b01f")}
+  for product, n in found.items():
+    if {product.lhs_dtype, product.rhs_dtype} != {"f32"}:
+      skipped += n
+    elif isinstance(product, Dot):
+      canon = product.canonical()
+      dots.append({"lhs": list(canon.lhs), "rhs": list(canon.rhs), "n": n})
+    elif product.dim_labels == ("b01f", "01io", "b01f") and product.rhs_dilation == (1, 1):
+      convs.append({"lhs": list(product.lhs), "rhs": list(product.rhs), "out": list(product.out),
+                    "strides": list(product.strides), "padding": [list(p) for p in product.padding],
+                    "lhs_dilation": list(product.lhs_dilation), "input_grad": product.lhs in input_grads,
+                    "n": n})
+    elif product.dim_labels[1] not in ("01oi", "i01o"):   # gradients are timed with their forward conv
+      skipped += n
+  return {"dots": dots, "convs": convs, "skipped": skipped}

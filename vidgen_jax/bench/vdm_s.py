@@ -2,10 +2,14 @@
 
 Times our real train step (forward, backward, Adam, EMA: `vdm.train_step`, jitted as training does) and one
 denoising step (one model call plus the DDIM update, `vdm.sample` with one step, no guidance), each with its
-matmul floor (its dots and convolutions timed alone), and 4 videos sampled with 50 DDIM steps. The model is configured as the reference: eps prediction, L1 loss, pooled-text
-FiLM conditioning only (no cross-attention), float32. With torch and video-diffusion-pytorch importable by
-`torch_python` the reference is timed in the same run (`torch_vdm_reference.py`) and the ratios printed.
+matmul floor (its dots and convolutions timed alone), and 4 videos sampled with 50 DDIM steps. The model is
+configured as the reference: eps prediction, L1 loss, pooled-text FiLM conditioning only (no
+cross-attention), float32. With torch and video-diffusion-pytorch importable by `torch_python` the reference
+is timed in the same run (`torch_vdm_reference.py`) and the ratios printed, and the steps' products are
+also timed with torch's kernels (`torch_products.py`: `reference_matmul_floor_s`).
 """
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,9 +45,10 @@ def _inputs(batch, frames, size, seed=0):
           "text_mask": np.ones((batch, 1), bool)}
 
 
-def jax_records(batch=4, reps=10, sample_videos=True, compute_dtype="float32", with_floor=True):
+def jax_records(batch=4, reps=10, sample_videos=True, compute_dtype="float32", with_floor=True, torch_python=None):
   """Records for our side: train step, one denoising step, and (optionally) 4 videos x 50 DDIM steps; the two
-  steps with their matmul floor (`common.floor_fields`) unless `with_floor` is False."""
+  steps with their matmul floor (`common.floor_fields`, with torch's for the same products when
+  `torch_python` is given) unless `with_floor` is False."""
   config = bench_config(batch, compute_dtype)
   d = config.data
   run = setup_lib.build_run(config, text_encoder=_CondOnly(), devices=jax.devices()[:1])
@@ -51,7 +56,7 @@ def jax_records(batch=4, reps=10, sample_videos=True, compute_dtype="float32", w
   records = []
   with run.context():
     state = run.init_state(0)
-    floor = common.train_step_matmul_floor(run, state, inputs) if with_floor else {}
+    floor = common.train_step_matmul_floor(run, state, inputs, torch_python=torch_python) if with_floor else {}
     seconds, flops, state = common.time_train_step(run, state, inputs, reps=reps)
     records.append(common.record("vdm-s/train_step", seconds, flops, batch=batch, **floor))
 
@@ -59,7 +64,8 @@ def jax_records(batch=4, reps=10, sample_videos=True, compute_dtype="float32", w
     tokens, mask = jnp.asarray(inputs["text_tokens"]), jnp.asarray(inputs["text_mask"])
     key = jax.random.key(0)
     one_step = vdm.make_sample_fn(run.model, run.sched, config, sampler="ddim", steps=1, cond_scale=1.0)
-    floor = common.floor_fields(one_step, params, key, tokens, mask) if with_floor else {}
+    floor = (common.floor_fields(one_step, params, key, tokens, mask, torch_python=torch_python)
+             if with_floor else {})
     one, flops = timing.compile_counting_flops(one_step, params, key, tokens, mask)
     seconds, _ = timing.median_seconds(lambda: one(params, key, tokens, mask), reps=reps)
     records.append(common.record("vdm-s/denoise_step", seconds, flops, batch=batch, **floor))
@@ -83,7 +89,9 @@ def reference_records(python=None, batch=4, reps=5, timeout=1800, compute_dtype=
 def run(reps=10, torch_python=None, with_reference=True, sample_videos=True, compute_dtype="float32"):
   """All records of `vidgen bench vdm-s`, each a dict ready for one JSON line."""
   peak = timing.matmul_peak_flops_per_s(dtype=common.dtype(compute_dtype))
-  records = jax_records(reps=reps, sample_videos=sample_videos, compute_dtype=compute_dtype)
+  floor_python = (torch_python or sys.executable) if with_reference and compute_dtype == "float32" else None
+  records = jax_records(reps=reps, sample_videos=sample_videos, compute_dtype=compute_dtype,
+                        torch_python=floor_python)
   reference, why = (reference_records(torch_python, compute_dtype=compute_dtype) if with_reference
                     else (None, "reference skipped"))
   label = common.reference_label("video-diffusion-pytorch 0.7.0", reference)
