@@ -74,6 +74,12 @@ def floor_fields(jitted, *args, reps: int = 7, torch_python=None) -> dict:
   return fields
 
 
+def floor_python(torch_python, with_reference: bool, compute_dtype: str):
+  """The interpreter that times the products with torch's kernels: the reference's (default: this one) when
+  the reference runs, in float32 (torch_products.py times float32 only); None otherwise."""
+  return (torch_python or sys.executable) if with_reference and compute_dtype == "float32" else None
+
+
 def train_step_matmul_floor(run, state, batch, *, reps: int = 7, torch_python=None) -> dict:
   """`floor_fields` of the train step. Call before timing the step, whose donation consumes `state`."""
   batch = jax.device_put(batch, {k: run.batch_shardings()[k] for k in batch})

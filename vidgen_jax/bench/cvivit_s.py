@@ -50,11 +50,11 @@ def _inputs(config, seed=0):
                                 dtype=np.uint8)}
 
 
-def jax_records(config, reps=10):
+def jax_records(config, reps=10, torch_python=None):
   run = setup_lib.build_run(config, devices=jax.devices()[:1])
   with run.context():
     state, inputs = run.init_state(0), _inputs(config)
-    floor = common.train_step_matmul_floor(run, state, inputs)
+    floor = common.train_step_matmul_floor(run, state, inputs, torch_python=torch_python)
     seconds, flops, _ = common.time_train_step(run, state, inputs, reps=reps)
   return [common.record("cvivit-s/train_step", seconds, flops, batch=config.train.batch_size, **floor)]
 
@@ -72,7 +72,8 @@ def run(reps=10, torch_python=None, with_reference=True, tiny=False, reference_r
   """All records of `vidgen bench cvivit-s`, each a dict ready for one JSON line."""
   config = bench_config(tiny=tiny, compute_dtype=compute_dtype)
   peak = timing.matmul_peak_flops_per_s(n=256 if tiny else 2048, dtype=common.dtype(compute_dtype))
-  records = jax_records(config, reps=reps)
+  records = jax_records(config, reps=reps, torch_python=common.floor_python(
+      torch_python, with_reference, compute_dtype))
   reference, why = (reference_records(config, torch_python, reps=reference_reps or reps) if with_reference
                     else (None, "reference skipped"))
   return common.attach(records, peak, reference, why, phenaki_label(reference), compute_dtype=compute_dtype)

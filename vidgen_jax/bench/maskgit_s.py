@@ -94,12 +94,12 @@ def reference_args(config, tok_config) -> list:
           "--text-len", config.text.max_length, "--text-dim", TEXT_DIM]
 
 
-def jax_records(config, tok_config, reps=10):
+def jax_records(config, tok_config, reps=10, torch_python=None):
   run = build_run(config, tok_config)
   inputs = _inputs(config, run.parts["grid"], run.model.num_tokens)
   with run.context():
     state = run.init_state(0)
-    floor = common.train_step_matmul_floor(run, state, inputs)
+    floor = common.train_step_matmul_floor(run, state, inputs, torch_python=torch_python)
     seconds, flops, _ = common.time_train_step(run, state, inputs, reps=reps)
   return [common.record("maskgit-s/train_step", seconds, flops, batch=config.train.batch_size,
                         tokens=int(np.prod(run.parts["grid"])), **floor)]
@@ -119,7 +119,8 @@ def run(reps=10, torch_python=None, with_reference=True, tiny=False, reference_r
   """All records of `vidgen bench maskgit-s`, each a dict ready for one JSON line."""
   config, tok_config = bench_configs(tiny=tiny, compute_dtype=compute_dtype)
   peak = timing.matmul_peak_flops_per_s(n=256 if tiny else 2048, dtype=common.dtype(compute_dtype))
-  records = jax_records(config, tok_config, reps=reps)
+  records = jax_records(config, tok_config, reps=reps, torch_python=common.floor_python(
+      torch_python, with_reference, compute_dtype))
   reference, why = (reference_records(config, tok_config, torch_python, reps=reference_reps or reps)
                     if with_reference else (None, "reference skipped"))
   return common.attach(records, peak, reference, why, cvivit_s.phenaki_label(reference),

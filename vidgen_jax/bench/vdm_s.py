@@ -8,8 +8,6 @@ cross-attention), float32. With torch and video-diffusion-pytorch importable by 
 is timed in the same run (`torch_vdm_reference.py`) and the ratios printed, and the steps' products are
 also timed with torch's kernels (`torch_products.py`: `reference_matmul_floor_s`).
 """
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,9 +87,8 @@ def reference_records(python=None, batch=4, reps=5, timeout=1800, compute_dtype=
 def run(reps=10, torch_python=None, with_reference=True, sample_videos=True, compute_dtype="float32"):
   """All records of `vidgen bench vdm-s`, each a dict ready for one JSON line."""
   peak = timing.matmul_peak_flops_per_s(dtype=common.dtype(compute_dtype))
-  floor_python = (torch_python or sys.executable) if with_reference and compute_dtype == "float32" else None
   records = jax_records(reps=reps, sample_videos=sample_videos, compute_dtype=compute_dtype,
-                        torch_python=floor_python)
+                        torch_python=common.floor_python(torch_python, with_reference, compute_dtype))
   reference, why = (reference_records(torch_python, compute_dtype=compute_dtype) if with_reference
                     else (None, "reference skipped"))
   label = common.reference_label("video-diffusion-pytorch 0.7.0", reference)
