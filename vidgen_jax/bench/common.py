@@ -55,11 +55,12 @@ def floor_fields(jitted, *args, reps: int = 7, torch_python=None) -> dict:
   `jitted(*args)`, each timed alone (bench/matmul_floor.py); the conv part is also given alone. With
   `torch_python`, also 'reference_matmul_floor_s': the same products with torch's kernels in that
   interpreter (`torch_products.py`; left out, with the reason logged, when it cannot run)."""
-  floor = matmul_floor.matmul_floor(jitted, *args, reps=reps)
+  found = matmul_floor.products(jitted.lower(*args).as_text(dialect="hlo"))
+  floor = matmul_floor.floor_of(found, reps=reps)
   fields = {"matmul_floor_s": round(floor["seconds"], 5), "matmul_floor_flops": floor["flops"],
             "matmul_floor_conv_s": round(floor["conv_seconds"], 5)}
   if torch_python:
-    spec = matmul_floor.torch_spec(matmul_floor.products(jitted.lower(*args).as_text(dialect="hlo")))
+    spec = matmul_floor.torch_spec(found)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
       json.dump(spec, f)
     try:

@@ -173,8 +173,12 @@ def _time_alone(product, reps):
 def matmul_floor(jitted, *args, reps: int = 7) -> dict:
   """The dots and convolutions `jitted(*args)` runs, each timed alone (module doc): {'seconds', 'flops', 'dots',
   'convolutions', 'distinct', 'conv_seconds', 'conv_flops'}; the first two cover both kinds."""
+  return floor_of(products(jitted.lower(*args).as_text(dialect="hlo")), reps)
+
+
+def floor_of(found: collections.Counter, reps: int = 7) -> dict:
+  """`matmul_floor` of products already read off the HLO (`products`)."""
   totals = collections.Counter()
-  found = products(jitted.lower(*args).as_text(dialect="hlo"))
   for product, n in found.items():
     seconds, flops = time_product(product, reps)
     kind = "conv_" if isinstance(product, Conv) else "dot_"

@@ -10,18 +10,15 @@ products as XLA's floor. Prints one JSON object: {"dot_s", "conv_s", "torch", "t
 import argparse
 import json
 import os
-import time
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_vdm_reference import _times  # noqa: E402  (the sibling script; neither imports vidgen_jax)
 
 
 def _median(fn, warmup, reps):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
+  times = sorted(_times(fn, warmup, reps))
+  return times[len(times) // 2]
 
 
 def _conv_step(torch, conv):
