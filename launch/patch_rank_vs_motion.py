@@ -14,17 +14,17 @@ import numpy as np
 
 from vidgen_jax.data import moving_shapes as ms
 from vidgen_jax.eval import evaluator as ev
+from vidgen_jax.models import patched
 
 
 def patches(videos, p):
-  """(N, T, H, W, C) -> (N * T * H/p * W/p, p * p * C), each patch flattened (row, column, channel)."""
-  n, t, h, w, c = videos.shape
-  return videos.reshape(n, t, h // p, p, w // p, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(-1, p * p * c)
+  """(N, T, H, W, C) -> (N * T * H/p * W/p, p * p * C): the U-Net's space-to-depth patches, one per row."""
+  return patched.to_patches(videos, p).reshape(-1, p * p * videos.shape[-1])
 
 
 def unpatch(rows, shape, p):
   n, t, h, w, c = shape
-  return rows.reshape(n, t, h // p, w // p, p, p, c).transpose(0, 1, 2, 4, 3, 5, 6).reshape(shape)
+  return patched.from_patches(rows.reshape(n, t, h // p, w // p, p * p * c), p)
 
 
 def patch_subspace(videos, p):

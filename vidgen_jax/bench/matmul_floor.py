@@ -153,19 +153,21 @@ def time_product(product, reps: int = 7) -> tuple[float, float]:
   """(median seconds, FLOPs) of one `product` on this backend, operands already on the device: a Dot in the
   faster of its HLO layout and `Dot.canonical`, a Conv as the HLO states it. A Conv's FLOPs are XLA's cost
   analysis of it alone (padding and dilation holes not counted), a Dot's its formula."""
-  if isinstance(product, Dot) and product.canonical() != product:
-    return min(_time_alone(product, reps), _time_alone(product.canonical(), reps))
+  if isinstance(product, Dot):
+    canonical = product.canonical()
+    if canonical != product:
+      return min(_time_alone(product, reps), _time_alone(canonical, reps))
   return _time_alone(product, reps)
 
 
 def _time_alone(product, reps):
   a, b = jnp.ones(product.lhs, _DTYPES[product.lhs_dtype]), jnp.ones(product.rhs, _DTYPES[product.rhs_dtype])
-  compiled, flops = timing.compile_counting_flops(product.jitted(), a, b)
-  if isinstance(product, Conv):
-    shape = jax.eval_shape(product.jitted(), a, b).shape
-    if shape != product.out:
-      raise ValueError(f"the convolution rebuilt from HLO gives shape {shape}, HLO says {product.out}: {product}")
-  else:
+  fn = product.jitted()
+  shape = jax.eval_shape(fn, a, b).shape
+  if isinstance(product, Conv) and shape != product.out:
+    raise ValueError(f"the convolution rebuilt from HLO gives shape {shape}, HLO says {product.out}: {product}")
+  compiled, flops = timing.compile_counting_flops(fn, a, b)
+  if isinstance(product, Dot):
     flops = product.flops
   return timing.median_seconds(lambda: compiled(a, b), warmup=2, reps=reps)[0], float(flops or 0.0)
 
@@ -181,13 +183,13 @@ def floor_of(found: collections.Counter, reps: int = 7) -> dict:
   totals = collections.Counter()
   for product, n in found.items():
     seconds, flops = time_product(product, reps)
-    kind = "conv_" if isinstance(product, Conv) else "dot_"
-    totals[kind + "seconds"] += n * seconds
-    totals[kind + "flops"] += n * flops
-    totals["convolutions" if isinstance(product, Conv) else "dots"] += n
+    kind = "conv" if isinstance(product, Conv) else "dot"
+    totals[kind + "_seconds"] += n * seconds
+    totals[kind + "_flops"] += n * flops
+    totals[kind + "s"] += n
   return {"seconds": totals["dot_seconds"] + totals["conv_seconds"],
           "flops": totals["dot_flops"] + totals["conv_flops"], "dots": totals["dots"],
-          "convolutions": totals["convolutions"], "distinct": len(found),
+          "convolutions": totals["convs"], "distinct": len(found),
           "conv_seconds": float(totals["conv_seconds"]), "conv_flops": float(totals["conv_flops"])}
 
 

@@ -388,14 +388,14 @@ class MovingShapes:
       wanted = {MOTIONS.index(m) for m in self.motions}
       self._combos = [combo for combo in self._combos if combo[2] in wanted]   # every split has every motion
     self.motion_weights = parse_motion_weights(motion_weights)
-    self._cumulative = None   # None: uniform over the combinations, drawn as before weights existed
+    self._probs = None   # None: uniform over the combinations, drawn as before weights existed
     if self.motion_weights:
       weights = np.array([self.motion_weights.get(MOTIONS[combo[2]], 1.0) for combo in self._combos])
       if not weights.sum() > 0:
         raise ValueError(f'motion_weights {self.motion_weights} give every motion of {self.motions or "the split"} '
                          'weight 0: nothing left to draw.')
       if not np.all(weights == weights[0]):   # equal weights draw exactly the unweighted examples
-        self._cumulative = np.cumsum(weights) / weights.sum()
+        self._probs = weights / weights.sum()
 
   def __len__(self):
     return self.num_examples
@@ -420,9 +420,9 @@ class MovingShapes:
 
   def _draw(self, rng):
     """Index into the combinations of the next example, the first draw from its stream `rng`."""
-    if self._cumulative is None:
+    if self._probs is None:
       return int(rng.integers(len(self._combos)))
-    return min(int(np.searchsorted(self._cumulative, rng.random(), side='right')), len(self._combos) - 1)
+    return int(rng.choice(len(self._combos), p=self._probs))
 
   def __repr__(self):
     return (f'MovingShapes(num_examples={self.num_examples}, image_size={self.image_size}, '
