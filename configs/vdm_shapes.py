@@ -119,6 +119,10 @@ def get_config(arg=None):
   # level's temporal attention; "none" = the reference's factorised attention. Measured on the demo (2000
   # steps, motion seen / held-out): "mid" 19 / 11%, "all" 8 / 7%, against 10 / 18%: no gain.
   c.model.space_time_attention = v.get("space_time_attention", "none")
+  # True: add g(t) * W x, a learned time-gated 1x1 conv of the (patched) input, to the U-Net's output (our
+  # addition; models/unet3d.py). Gives an x0-predicting patched U-Net the identity path that eps/v get from
+  # their parameterisation; False = the reference.
+  c.model.input_skip = v.get("input_skip", False)
   c.model.remat = False             # rematerialise blocks in the backward pass (memory for compute)
 
   c.diffusion = ConfigDict()
@@ -150,6 +154,11 @@ def get_config(arg=None):
   # Measured on the demo (λ = 3, 2000 steps, motion seen / held-out): 21 / 4% against 10 / 18%; off.
   c.diffusion.temporal_loss_weight = v.get("temporal_loss_weight", 0.0)
   c.diffusion.loss = "l2"           # l1 (reference default) | l2
+  # (lo, hi): weigh each sample's L2 loss by clip(SNR(t), lo, hi) in units of the clean video's squared error,
+  # whatever the prediction (our addition; losses.snr_loss_weights). () = the prediction's own weighting
+  # (x0: 1, eps: SNR, v: SNR + 1; the reference). (0, 5) is Min-SNR-5; (1, 5) keeps x0's weight at high noise
+  # and counts low noise up to 5 times.
+  c.diffusion.loss_snr_clip = v.get("loss_snr_clip", ())
   c.diffusion.cfg_drop_prob = 0.1   # probability of training a sample with the null condition
   c.diffusion.prob_focus_present = 0.0
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from vidgen_jax import configs
@@ -77,6 +79,17 @@ def test_validation_lists_every_problem():
   c.diffusion.prediction, c.diffusion.temporal_loss_weight = "v", 2.0
   with pytest.raises(validation.ConfigError, match="needs diffusion.prediction='x0', got 'v'"):
     validation.validate_vdm(c, num_devices=1)
+  c = configs.load_config_file("configs/vdm_shapes.py:runlocal=True")
+  for clip, needle in [((5, 1), "must be () (off) or (lo, hi)"), ((0, 5, 9), "must be () (off)"),
+                       (("a", 5), "must be () (off)")]:
+    c.diffusion.loss_snr_clip = clip
+    with pytest.raises(validation.ConfigError, match=re.escape(needle)):
+      validation.validate_vdm(c, num_devices=1)
+  c.diffusion.loss_snr_clip, c.diffusion.loss = (0, 5), "l1"
+  with pytest.raises(validation.ConfigError, match="needs diffusion.loss='l2'"):
+    validation.validate_vdm(c, num_devices=1)
+  c.diffusion.loss = "l2"
+  validation.validate_vdm(c, num_devices=1)
 
 
 def test_mesh_degrees_checked():

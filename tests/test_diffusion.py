@@ -160,6 +160,38 @@ def test_diffusion_loss_values():
     diffusion.diffusion_loss(pred, target, "huber")
 
 
+@pytest.mark.parametrize("prediction", ["x0", "eps", "v"])
+def test_snr_loss_weights_make_every_prediction_weigh_the_clean_video_error_by_clipped_snr(prediction):
+  sched = _sched()
+  t = jnp.array([5, 200, 500, 800, 990])
+  x0, noise = _random_batch(jax.random.PRNGKey(4), (5, 2, 3, 3))
+  x_t = diffusion.q_sample(sched, x0, t, noise)
+  target = diffusion.training_target(sched, x0, t, noise, prediction)
+  pred = target + 0.3 * jax.random.normal(jax.random.PRNGKey(5), target.shape)
+  x0_hat = diffusion.model_output_to_x0_eps(sched, x_t, t, pred, prediction)[0]
+  ac = np.asarray(sched.alphas_cumprod, np.float64)[np.asarray(t)]
+  snr = ac / (1 - ac)
+  assert snr.min() < 1 < 5 < snr.max()   # the clip bites at both ends
+  x0_err = np.square(np.asarray(x0_hat, np.float64) - np.asarray(x0, np.float64)).reshape(5, -1).mean(-1)
+  for lo, hi in [(0.0, 5.0), (1.0, 5.0), (1.0, 1.0)]:
+    w = diffusion.snr_loss_weights(sched, t, prediction, (lo, hi))
+    got = diffusion.diffusion_loss(pred, target, "l2", w)
+    np.testing.assert_allclose(got, np.clip(snr, lo, hi) * x0_err, rtol=2e-3)
+  assert diffusion.snr_loss_weights(sched, t, prediction, ()) is None
+  per_frame = diffusion.snr_loss_weights(sched, jnp.stack([t, t[::-1]], 1), prediction, (0, 5))
+  assert per_frame.shape == (5, 2)
+  np.testing.assert_allclose(per_frame[:, 0], diffusion.snr_loss_weights(sched, t, prediction, (0, 5)))
+
+
+def test_snr_loss_weights_refuse_bad_clips_and_predictions():
+  sched = _sched(100)
+  for clip in [(5.0, 1.0), (-1.0, 1.0)]:
+    with pytest.raises(ValueError, match="snr_clip"):
+      diffusion.snr_loss_weights(sched, jnp.array([3]), "x0", clip)
+  with pytest.raises(ValueError, match="prediction"):
+    diffusion.snr_loss_weights(sched, jnp.array([3]), "score", (0, 5))
+
+
 def test_q_posterior_is_the_gaussian_product():
   sched = _sched()
   ref = _reference_buffers(1000)

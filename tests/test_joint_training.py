@@ -120,3 +120,29 @@ def test_temporal_loss_weight_adds_the_frame_deviation_of_the_video_frames_only(
     extra = losses.temporal_deviation_loss(pred, x0, "l2", frame_mask=mask).mean()
     np.testing.assert_allclose(weighted - base, 2.0 * extra, rtol=1e-5)
     assert extra > 0
+
+
+def test_loss_snr_clip_weighs_each_sample_of_the_loss_by_its_clipped_snr():
+  import ml_collections
+  from vidgen_jax.diffusion import gaussian, losses, schedules
+  b, l, d = 6, 3, 2
+  r = np.random.default_rng(1)
+  batch = {"video": jnp.asarray(r.integers(0, 256, (b, T, 4, 4, 3)), jnp.uint8),
+           "text_tokens": jnp.asarray(r.standard_normal((b, l, d)), jnp.float32),
+           "text_mask": jnp.ones((b, l), bool)}
+  sched = schedules.make_schedule(100)
+  cfg = ml_collections.ConfigDict(dict(prediction="x0", loss="l2", cfg_drop_prob=0.1, prob_focus_present=0.0))
+  rng, params = jax.random.key(2), jnp.float32(0.25)
+  base = vdm.loss_fn(params, _FixedOutput(), sched, cfg, batch, rng)
+  cfg.loss_snr_clip = (1.0, 1.0)    # x0's own weight: unchanged
+  np.testing.assert_allclose(vdm.loss_fn(params, _FixedOutput(), sched, cfg, batch, rng), base, rtol=1e-6)
+  cfg.loss_snr_clip = (0.0, 5.0)
+  weighted = vdm.loss_fn(params, _FixedOutput(), sched, cfg, batch, rng)
+  k_t, k_noise = jax.random.split(rng, 5)[:2]
+  x0 = vdm.to_model_space(batch["video"])
+  t = losses.sample_timesteps(k_t, b, 100)
+  pred = _FixedOutput().apply(params, gaussian.q_sample(sched, x0, t, jax.random.normal(k_noise, x0.shape)), t, None)
+  ac = np.asarray(sched.alphas_cumprod)[np.asarray(t)]
+  per_sample = np.square(np.asarray(pred) - np.asarray(x0)).reshape(b, -1).mean(-1)
+  np.testing.assert_allclose(weighted, (np.clip(ac / (1 - ac), 0, 5) * per_sample).mean(), rtol=1e-5)
+  assert not np.isclose(weighted, base)

@@ -122,6 +122,29 @@ def test_per_frame_time_matches_shared_time_and_conditions_each_frame():
     model.apply({"params": params}, inp["x"], tiled[:, :T - 1], inp["cond"])
 
 
+def test_input_skip_starts_as_the_reference_and_adds_a_time_gated_map_of_the_input():
+  model, params, inp = setup_unet(dict(TINY, input_skip=True), seed=5)      # random parameters
+  fresh = nn.unbox(model.init(jax.random.key(0), inp["x"], inp["time"])["params"])
+  assert fresh["input_skip"]["kernel"].shape == (3, 3) and fresh["input_skip_gain"]["kernel"].shape == (32, 3)
+  assert not any(np.any(v) for v in jax.tree.leaves([fresh["input_skip"], fresh["input_skip_gain"]]))
+  params = dict(params, input_skip=fresh["input_skip"], input_skip_gain=fresh["input_skip_gain"])
+  rest = {k: v for k, v in params.items() if not k.startswith("input_skip")}
+  apply = jax.jit(lambda m, p, t: m.apply({"params": p}, inp["x"], t), static_argnums=0)
+  plain = np.asarray(apply(Unet3D(**TINY), rest, inp["time"]))
+  np.testing.assert_allclose(apply(model, params, inp["time"]), plain, atol=1e-6)   # W = 0 at init
+  eye = dict(params, input_skip=dict(params["input_skip"], kernel=jnp.eye(3)))
+  np.testing.assert_allclose(apply(model, eye, inp["time"]) - plain, inp["x"], atol=1e-5)  # g = 1 at init
+  # A gain that depends on t: each frame of a per-frame time gets its own.
+  gain = params["input_skip_gain"]
+  timed = dict(eye, input_skip_gain=dict(gain, kernel=jax.random.normal(jax.random.key(1), gain["kernel"].shape)))
+  tiled = np.repeat(inp["time"][:, None], T, axis=1)
+  np.testing.assert_allclose(apply(model, timed, tiled), apply(model, timed, inp["time"]), atol=1e-5)
+  mixed = tiled.copy()
+  mixed[:, 1] = 500
+  moved = np.abs(np.asarray(apply(model, timed, mixed)) - np.asarray(apply(model, timed, tiled))).max(axis=(0, 2, 3, 4))
+  assert moved[1] > 1e-3 and moved[1] == moved.max()
+
+
 def test_patching_round_trips_and_tubelets_fold_frames():
   from vidgen_jax.models import patched
   x = np.arange(2 * 4 * 8 * 8 * 3, dtype=np.float32).reshape(2, 4, 8, 8, 3)

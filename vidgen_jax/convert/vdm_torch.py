@@ -422,6 +422,7 @@ def reference_config(reference_kwargs, *, image_size, num_frames, timesteps=DEFA
   m.use_sparse_linear_attn, m.cross_attention, m.remat = bool(kw["use_sparse_linear_attn"]), False, False
   for addition in ("max_frames_embedding", "text_cond_mlp", "frame_cond_mlp", "position_features", "temporal_conv"):
     _set_if_present(m, addition, 0)
+  _set_if_present(m, "input_skip", False)
   m.unconditional = kw["cond_dim"] is None
   m.resnet_groups = int(kw["resnet_groups"] or 0)
   d = c.diffusion

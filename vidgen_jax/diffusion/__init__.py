@@ -13,6 +13,7 @@ from vidgen_jax.diffusion.gaussian import v_target
 from vidgen_jax.diffusion.guidance import cfg_combine
 from vidgen_jax.diffusion.guidance import make_guided_fn
 from vidgen_jax.diffusion.losses import diffusion_loss
+from vidgen_jax.diffusion.losses import snr_loss_weights
 from vidgen_jax.diffusion.losses import training_target
 from vidgen_jax.diffusion.samplers import ddim_sample
 from vidgen_jax.diffusion.samplers import ddpm_sample

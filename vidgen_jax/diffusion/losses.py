@@ -57,6 +57,31 @@ def training_target(sched, x0, t, noise, prediction="eps"):
   raise ValueError(f"unknown prediction {prediction!r}; expected one of {gaussian.PREDICTIONS}")
 
 
+def snr_loss_weights(sched, t, prediction, snr_clip):
+  """Per-sample (or per-frame) loss weights, shaped like t, that turn the L2 loss of any prediction into
+  clip(SNR(t), lo, hi) times the squared error of the clean video it implies, with (lo, hi) = snr_clip.
+
+  The plain L2 loss of each parameterisation is already such a weighting in x0 units (x̂0 − x0 = −(σ/α)·
+  (ε̂ − ε) = −σ·(v̂ − v)): 1 for 'x0', SNR for 'eps', SNR + 1 for 'v'. The weight returned divides that out,
+  so the prediction only chooses what the network outputs, not how the noise levels are weighed:
+  (0, γ) is Min-SNR-γ (Hang et al. 2023); (1, γ) keeps x0's weight 1 at high noise and counts the
+  low-noise levels up to γ times, where x0's plain loss gives the fine detail of the clean video almost no
+  share of the gradient; (1, 1) is the plain x0 loss for every prediction. An empty snr_clip returns None
+  (the prediction's own weighting; the reference).
+  """
+  if not snr_clip:
+    return None
+  lo, hi = (float(v) for v in snr_clip)
+  if not 0.0 <= lo <= hi:
+    raise ValueError(f"snr_clip must be (lo, hi) with 0 <= lo <= hi, got {tuple(snr_clip)}")
+  ac = jnp.take(sched.alphas_cumprod, jnp.asarray(t)).astype(jnp.float32)
+  snr = ac / (1.0 - ac)
+  implicit = {"x0": jnp.ones_like(snr), "eps": snr, "v": snr + 1.0}
+  if prediction not in implicit:
+    raise ValueError(f"unknown prediction {prediction!r}; expected one of {gaussian.PREDICTIONS}")
+  return jnp.clip(snr, lo, hi) / implicit[prediction]
+
+
 def diffusion_loss(pred, target, loss_type="l1", weights=None):
   """Per-sample loss of shape (B,): mean over all non-batch axes of w·|pred − target| ('l1') or w·(…)² ('l2').
 

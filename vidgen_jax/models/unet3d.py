@@ -125,6 +125,14 @@ class Unet3D(nn.Module):
   space_time_attention: str = "none"
   # Checkpoints of the reference before 0.7.0: GroupNorm(resnet_groups) in every Block instead of RMSNorm.
   resnet_groups: int | None = None
+  # Our addition, off by default (reference): add g(t) * W x to the output, W a 1x1 conv of the raw input
+  # and g a per-channel gain of the timestep embedding (1 + zero-initialised Dense; W starts at zero, so the
+  # network starts as without it). The reference's only time-independent path from input to output runs
+  # through init_conv's `dim` channels and the unconditioned final block; an x0-predicting network over 4x4
+  # patches (48 values into 32 channels) then re-draws every patch from its features and pulls rotated shapes
+  # back to the axis-aligned ones (docs/ablations.md). eps/v get a full-width identity from their
+  # parameterisation instead, but also keep the noise the network cannot represent.
+  input_skip: bool = False
 
   def __post_init__(self):
     if self.init_dim is not None and self.init_dim != self.dim:
@@ -199,7 +207,7 @@ class Unet3D(nn.Module):
         self.attn_heads, num_buckets=_REL_POS_NUM_BUCKETS, max_distance=_REL_POS_MAX_DISTANCE,
         name="time_rel_pos_bias")(frames)
 
-    x = blocks.constrain_video(x.astype(self.dtype))
+    x = x_in = blocks.constrain_video(x.astype(self.dtype))
     k = self.init_kernel_size
     x = conv.SpaceConv(self.dim, (k, k), padding=k // 2, dtype=self.dtype, name="init_conv")(x)
     if self.max_frames_embedding is not None:
@@ -221,7 +229,7 @@ class Unet3D(nn.Module):
       raise ValueError(f"per-frame time must be (B, T) = {(batch, frames)}, got {time.shape}")
     if time.ndim not in (1, 2):
       raise ValueError(f"time must be (B,) or (B, T), got {time.shape}")
-    emb = blocks.TimestepMLP(self.dim, name="time_mlp")(time)
+    emb = time_emb = blocks.TimestepMLP(self.dim, name="time_mlp")(time)
     if self.cond_dim is not None:
       cond = blocks.null_replaced_cond(self, cond, null_cond, self.cond_dim)
 
@@ -284,7 +292,18 @@ class Unet3D(nn.Module):
     x = resnet(self.dim, "final_block", temporal_kernel=0)(x, None)
     out_dim = self.channels if self.out_dim is None else self.out_dim
     x = conv.PointwiseConv(out_dim, dtype=self.dtype, name="final_conv")(x)
+    if self.input_skip:
+      x = x + self._input_skip(x_in, time_emb, out_dim)
     return blocks.constrain_video(x.astype(jnp.float32))
+
+  def _input_skip(self, x_in, time_emb, out_dim):
+    """g(t) * W x_in: (B, T, H, W, out); time_emb (B, E) or per frame (B, T, E)."""
+    gain = 1.0 + attention.dense(out_dim, ("embed", None), name="input_skip_gain", use_bias=True,
+                                 kernel_init=nn.initializers.zeros_init())(nn.silu(time_emb))
+    gain = gain[:, None] if gain.ndim == 2 else gain
+    skip = conv.PointwiseConv(out_dim, kernel_init=nn.initializers.zeros_init(), dtype=self.dtype,
+                              name="input_skip")(x_in)
+    return gain[:, :, None, None, :].astype(self.dtype) * skip
 
 
 class Unconditional(nn.Module):

@@ -70,7 +70,8 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
                  "model.temporal_conv": m.get("temporal_conv", 0),
                  "model.text_cond_mlp": m.get("text_cond_mlp", 0),
                  "model.max_frames_embedding": m.get("max_frames_embedding", 0),
-                 "model.space_time_attention": m.get("space_time_attention", "none") != "none"}
+                 "model.space_time_attention": m.get("space_time_attention", "none") != "none",
+                 "model.input_skip": m.get("input_skip", False)}
     for name, value in unet_only.items():
       if value:
         p.append(f"{name}={m.get(name.split('.')[1])!r} is a U-Net option; model.kind='dit' has no use for it "
@@ -119,6 +120,15 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
   elif tw and df.prediction != "x0":
     p.append(f"diffusion.temporal_loss_weight={tw} weighs the error of the predicted clean video over frames, "
              f"so it needs diffusion.prediction='x0', got {df.prediction!r}")
+  clip = tuple(df.get("loss_snr_clip", ()) or ())
+  if clip:
+    if len(clip) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in clip) \
+        or not 0 <= clip[0] <= clip[1] < float("inf"):
+      p.append(f"diffusion.loss_snr_clip={clip}: must be () (off) or (lo, hi) with 0 <= lo <= hi, finite; "
+               "e.g. (0, 5) is Min-SNR-5, (1, 5) the x0 loss with low noise counted up to 5 times")
+    elif df.loss != "l2":
+      p.append(f"diffusion.loss_snr_clip={clip} weighs squared errors by SNR, so it needs diffusion.loss='l2', "
+               f"got {df.loss!r}")
   if not 0.0 <= df.get("high_noise_from", 0.8) < 1.0:
     p.append(f"diffusion.high_noise_from={df.high_noise_from}: must be a fraction of the timesteps in [0, 1)")
 

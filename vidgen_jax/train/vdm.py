@@ -79,7 +79,8 @@ def build_model(config, text_dim: int):
         max_frames_embedding=m.get("max_frames_embedding") or None,
         frame_cond_mlp=(text_dim and m.get("frame_cond_mlp")) or None,
         position_features=m.get("position_features", 0), temporal_conv=m.get("temporal_conv", 0),
-        resnet_groups=m.get("resnet_groups") or None, space_time_attention=m.get("space_time_attention", "none"))
+        resnet_groups=m.get("resnet_groups") or None, space_time_attention=m.get("space_time_attention", "none"),
+        input_skip=bool(m.get("input_skip", False)))
   net = Unconditional(net) if uncond else net
   return net if m.patch_size == pt == 1 else patched.Patched(net, m.patch_size, pt)
 
@@ -167,7 +168,9 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   per group (the video and each image independently), the timestep per sample. diffusion.frame_noise_prob
   > 0 gives that fraction of the samples one independent timestep per frame (`losses.frame_timesteps`).
   diffusion.temporal_loss_weight λ > 0 adds λ times the error's deviation from its per-clip frame mean
-  (`losses.temporal_deviation_loss`, over the video frames only).
+  (`losses.temporal_deviation_loss`, over the video frames only). diffusion.loss_snr_clip (lo, hi) weighs
+  each sample's (or frame's) loss by clip(SNR, lo, hi) in units of the clean video's squared error
+  (`losses.snr_loss_weights`); the temporal term stays unweighted.
   """
   k_t, k_noise, k_null, k_focus, k_images = jax.random.split(rng, 5)
   k_frame_t = jax.random.fold_in(k_t, 1)
@@ -192,7 +195,8 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   extra = {} if groups is None else {"frame_groups": groups}
   pred = model.apply(params, x_t, t, pooled(batch), null_cond=null, focus_present_mask=focus,
                      **text_inputs(model, batch["text_tokens"], batch["text_mask"]), **extra)
-  per_sample = losses.diffusion_loss(pred.astype(jnp.float32), target, diffusion_cfg.loss)
+  weights = losses.snr_loss_weights(sched, t, diffusion_cfg.prediction, diffusion_cfg.get("loss_snr_clip", ()))
+  per_sample = losses.diffusion_loss(pred.astype(jnp.float32), target, diffusion_cfg.loss, weights)
   temporal_weight = diffusion_cfg.get("temporal_loss_weight", 0.0)
   if temporal_weight:
     video_frames = None if groups is None else groups == 0
