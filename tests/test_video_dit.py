@@ -136,7 +136,9 @@ def test_dit_config_validates_and_refuses_unet_options():
   c = configs.load_config_file("configs/vdm_shapes.py:variant=dit")
   assert validation.vdm_problems(c, 1) == []
   c.model.frame_cond_mlp, c.model.space_time_attention, c.model.depth = 64, "mid", 0
+  c.model.input_skip = True
   problems = "\n".join(validation.vdm_problems(c, 1))
+  assert "model.input_skip=True is a U-Net option" in problems
   assert "model.frame_cond_mlp=64 is a U-Net option" in problems
   assert "model.space_time_attention='mid' is a U-Net option" in problems
   assert "model.depth=0" in problems
