@@ -93,16 +93,23 @@ class _FixedOutput:
     return jnp.sin(3.0 * x) + params
 
 
-def test_temporal_loss_weight_adds_the_frame_deviation_of_the_video_frames_only():
+def _loss_case(b, seed):
+  """A random uint8 batch of b clips, a 100-step schedule and a plain x0 / L2 diffusion config."""
   import ml_collections
-  from vidgen_jax.diffusion import gaussian, losses, schedules
-  b, l, d = 4, 3, 2
-  r = np.random.default_rng(0)
+  from vidgen_jax.diffusion import schedules
+  l, d = 3, 2
+  r = np.random.default_rng(seed)
   batch = {"video": jnp.asarray(r.integers(0, 256, (b, T, 4, 4, 3)), jnp.uint8),
            "text_tokens": jnp.asarray(r.standard_normal((b, l, d)), jnp.float32),
            "text_mask": jnp.ones((b, l), bool)}
-  sched = schedules.make_schedule(100)
   cfg = ml_collections.ConfigDict(dict(prediction="x0", loss="l2", cfg_drop_prob=0.1, prob_focus_present=0.0))
+  return batch, schedules.make_schedule(100), cfg
+
+
+def test_temporal_loss_weight_adds_the_frame_deviation_of_the_video_frames_only():
+  from vidgen_jax.diffusion import gaussian, losses
+  b = 4
+  batch, sched, cfg = _loss_case(b, seed=0)
   rng, params = jax.random.key(1), jnp.float32(0.25)
   for k in (0, K):
     base = vdm.loss_fn(params, _FixedOutput(), sched, cfg, batch, rng, num_images=k)
@@ -123,15 +130,9 @@ def test_temporal_loss_weight_adds_the_frame_deviation_of_the_video_frames_only(
 
 
 def test_loss_snr_clip_weighs_each_sample_of_the_loss_by_its_clipped_snr():
-  import ml_collections
-  from vidgen_jax.diffusion import gaussian, losses, schedules
-  b, l, d = 6, 3, 2
-  r = np.random.default_rng(1)
-  batch = {"video": jnp.asarray(r.integers(0, 256, (b, T, 4, 4, 3)), jnp.uint8),
-           "text_tokens": jnp.asarray(r.standard_normal((b, l, d)), jnp.float32),
-           "text_mask": jnp.ones((b, l), bool)}
-  sched = schedules.make_schedule(100)
-  cfg = ml_collections.ConfigDict(dict(prediction="x0", loss="l2", cfg_drop_prob=0.1, prob_focus_present=0.0))
+  from vidgen_jax.diffusion import gaussian, losses
+  b = 6
+  batch, sched, cfg = _loss_case(b, seed=1)
   rng, params = jax.random.key(2), jnp.float32(0.25)
   base = vdm.loss_fn(params, _FixedOutput(), sched, cfg, batch, rng)
   cfg.loss_snr_clip = (1.0, 1.0)    # x0's own weight: unchanged
