@@ -1,6 +1,6 @@
 """Where along the sampling trajectory does a workdir's model decide motion?
 
-  python launch/motion_vs_noise.py WORKDIR [--cond-scale 3] [--motion "rotating clockwise" --motion ...]
+  python launch/motion_vs_noise.py WORKDIR [--step N] [--cond-scale 3] [--motion "rotating clockwise" --motion ...]
 
 Real clips of the eval prompts are noised to t0 = frac * T, then (a) the model's one-shot x0 prediction at t0
 and (b) a guided DDIM run from t0 down to 0 (50 * frac steps) are read by the shapes evaluator. Accuracy that
@@ -34,10 +34,11 @@ def main():
   p.add_argument("workdir")
   p.add_argument("--cond-scale", type=float, default=3.0)
   p.add_argument("--seed", type=int, default=7)
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--motion", action="append", choices=moving_shapes.MOTIONS,
                  help="every caption with this motion instead of the eval prompts (repeatable)")
   args = p.parse_args()
-  gen = generate.Generator.from_workdir(args.workdir)
+  gen = generate.Generator.from_workdir(args.workdir, step=args.step)
   run, params, pred = gen.run, gen.params, gen.config.diffusion.prediction
   sched = run.sched
   if args.motion:
