@@ -1,13 +1,16 @@
 """Where along the sampling trajectory does a workdir's model decide motion?
 
   python launch/motion_vs_noise.py WORKDIR [--step N] [--cond-scale 3] [--motion "rotating clockwise" --motion ...]
+                                   [--low-noise-workdir DIR2 [--switch 0.5]]
 
 Real clips of the eval prompts are noised to t0 = frac * T, then (a) the model's one-shot x0 prediction at t0
 and (b) a guided DDIM run from t0 down to 0 (50 * frac steps) are read by the shapes evaluator. Accuracy that
 holds for small frac and collapses near frac = 1 means the model keeps the motion it is given but does not
 create it from the text (README, Results). With --motion, the prompts are every caption of the data set with
 that motion (seen and held-out), each printed per motion: accuracy that collapses even at small frac means
-the model cannot draw that motion at all, not merely that it does not choose it from pure noise.
+the model cannot draw that motion at all, not merely that it does not choose it from pure noise. With
+--low-noise-workdir, WORKDIR's model denoises the levels t/T >= --switch and DIR2's the rest (an expert split,
+`vidgen_jax/diffusion/experts.py`), in the one-shot prediction as in the DDIM run.
 """
 import argparse
 
@@ -16,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vidgen_jax.data import moving_shapes
-from vidgen_jax.diffusion import gaussian, guidance
+from vidgen_jax.diffusion import experts, gaussian, guidance
 from vidgen_jax.eval import evaluator as ev
 from vidgen_jax.eval import metrics, run_eval
 from vidgen_jax.sample import generate
@@ -37,10 +40,18 @@ def main():
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--motion", action="append", choices=moving_shapes.MOTIONS,
                  help="every caption with this motion instead of the eval prompts (repeatable)")
+  p.add_argument("--low-noise-workdir", default=None, help="a second model for the levels below --switch")
+  p.add_argument("--low-noise-step", type=int, default=None)
+  p.add_argument("--switch", type=float, default=0.5, help="noise level t/T where the low-noise model takes over")
   args = p.parse_args()
   gen = generate.Generator.from_workdir(args.workdir, step=args.step)
-  run, params, pred = gen.run, gen.params, gen.config.diffusion.prediction
+  run = gen.run
   sched = run.sched
+  members = [gen]
+  if args.low_noise_workdir:
+    low = generate.Generator.from_workdir(args.low_noise_workdir, step=args.low_noise_step)
+    generate.check_experts_compatible(run, low.run)
+    members.append(low)
   if args.motion:
     prompts = [q for q in moving_shapes.captions("all") if metrics.prompt_labels(q)["motion"] in args.motion]
   else:
@@ -50,13 +61,20 @@ def main():
   cond = vdm.pooled({"text_tokens": tok, "text_mask": mask})
   evaluator = ev.default_evaluator()
 
-  def apply_fn(x, t, null, cond, tokens, mask):
-    return run.model.apply(params, x, t, cond, null_cond=null, **vdm.text_inputs(run.model, tokens, mask))
+  def x0_fn(member):
+    model, params, pred = member.run.model, member.params, member.config.diffusion.prediction
 
-  guided = guidance.make_guided_fn(apply_fn, args.cond_scale)
+    def apply_fn(x, t, null, cond, tokens, mask):
+      return model.apply(params, x, t, cond, null_cond=null, **vdm.text_inputs(model, tokens, mask))
+
+    guided = guidance.make_guided_fn(apply_fn, args.cond_scale)
+    return lambda x, t: gaussian.model_output_to_x0_eps(sched, x, t, guided(x, t, cond, tok, mask), pred)[0]
+
+  predict = x0_fn(gen) if len(members) == 1 else experts.switch_x0_fn(
+      x0_fn(gen), x0_fn(members[1]), experts.switch_index(args.switch, sched.num_timesteps))
 
   def x0_eps(x, t):
-    x0p = jnp.clip(gaussian.model_output_to_x0_eps(sched, x, t, guided(x, t, cond, tok, mask), pred)[0], -1, 1)
+    x0p = jnp.clip(predict(x, t), -1, 1)
     return x0p, gaussian.predict_eps_from_x0(sched, x, t, x0p)
 
   @jax.jit

@@ -77,9 +77,17 @@ def test_eval_writes_metrics(workdir):
   assert "generated motion by prompt motion: moving left" in out.stdout
   for name in ("grid.png", "grid.gif", "samples.npz", "readings.json"):
     assert (out_dir / name).is_file()
-  again = _vidgen("eval", "--workdir", str(workdir), "--num-samples", "1", "--steps", "2")
-  assert json.loads((out_dir / "metrics.json").read_text())["scores"] == scores   # reproducible from the seed
-  assert again.returncode == 0
+  # An expert split of the model with itself samples what the model alone does (to uint8 rounding), and is
+  # written beside the model's own results, saying what it paired.
+  split = _vidgen("eval", "--workdir", str(workdir), "--num-samples", "1", "--steps", "2",
+                  "--low-noise-workdir", str(workdir), "--switch", "0.5")
+  split_dir = workdir / "eval" / "step_2_experts_s0.5"
+  assert f"wrote {split_dir}/metrics.json" in split.stdout
+  assert json.loads((split_dir / "metrics.json").read_text())["experts"] == {
+      "low_noise_workdir": str(workdir), "low_noise_step": 2, "switch": 0.5,
+      "low_noise_prediction": "x0", "high_noise_prediction": "x0"}
+  alone, paired = (np.load(d / "samples.npz")["videos"].astype(int) for d in (out_dir, split_dir))
+  assert np.abs(alone - paired).max() <= 1
 
 
 def test_clear_errors(workdir, tmp_path):
@@ -93,6 +101,18 @@ def test_clear_errors(workdir, tmp_path):
   pyramid = _vidgen("sample", "--workdir", str(workdir), "--prompt", "x", "--out", str(tmp_path / "x.gif"),
                     "--num-frames", "16", "--frame-offset", "2", check=False)
   assert pyramid.returncode == 2 and "--frame-offset" in pyramid.stderr
+
+
+def test_expert_flags_are_checked_before_anything_loads(workdir, tmp_path, capsys):
+  from vidgen_jax import cli
+  nowhere = str(tmp_path / "nope")
+  for argv, message in ((["eval", "--workdir", str(workdir), "--sweep", "switch=0,1"],
+                         "sweeping the expert switch needs a low-noise workdir"),
+                        (["sample", "--workdir", nowhere, "--prompt", "x", "--out", "x.gif", "--low-noise-step",
+                          "4"], "--low-noise-step needs --low-noise-workdir"),
+                        (["sample", "--workdir", nowhere, "--prompt", "x", "--out", "x.gif", "--low-noise-workdir",
+                          nowhere, "--switch", "2"], "a noise level t/T in [0, 1]")):
+    assert cli.main(argv) == 2 and message in capsys.readouterr().err
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):

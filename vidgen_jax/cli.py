@@ -5,6 +5,8 @@
                 [--num-frames 32] [--segment-frames 8] [--given VIDEO --given-frames 2] [--lowres VIDEO]
                 [--method reconstruction|replacement|clean] [--guidance-weight W]
   vidgen eval   --workdir DIR [--num-samples N] [--seed S] [--task extension|story|prediction [--method M]]
+  vidgen sample|eval ... --low-noise-workdir DIR2 [--switch 0.5]
+                                                     two models split the steps by noise level (eDiff-I)
   vidgen evaluator train [--out FILE] [--steps N]    rebuild the shapes evaluator (deterministic)
   vidgen evaluator test [--weights FILE]             its accuracy on held-out real clips
   vidgen convert --from video-diffusion-pytorch --checkpoint FILE --workdir DIR --image-size N --num-frames N
@@ -184,6 +186,14 @@ def _sampling_flags(p):
                  help="video diffusion, ddim: pyramid sampling, frame f starts this many steps after frame f-1 "
                       "(needs a model trained with diffusion.frame_noise_prob > 0; default: config)")
   p.add_argument("--fps", type=int, default=8)
+  x = p.add_argument_group("expert split by noise level (video diffusion; eDiff-I)")
+  x.add_argument("--low-noise-workdir", default=None, metavar="DIR",
+                 help="a second video-diffusion workdir (same schedule, text encoder and video shape) whose "
+                      "model denoises the steps below --switch; --workdir's model the others")
+  x.add_argument("--low-noise-step", type=int, default=None, help="its checkpoint step (default: latest)")
+  x.add_argument("--switch", type=float, default=0.5,
+                 help="the noise level t/T in [0, 1] where the low-noise model takes over (0: --workdir's "
+                      "model alone, 1: the low-noise model alone)")
 
 
 def _check_frame_offset(args, family, conditional):
@@ -195,6 +205,18 @@ def _check_frame_offset(args, family, conditional):
   if family != "vdm" or conditional:
     raise ValueError("--frame-offset (pyramid sampling) applies to plain video-diffusion generation, not to a "
                      "Phenaki workdir, long videos, stories, prediction or super-resolution")
+
+
+def _experts(args):
+  """load_generator's expert-split arguments from the flags, or None; a stray flag is a clear error."""
+  if args.low_noise_workdir is None:
+    if args.low_noise_step is not None:
+      raise ValueError("--low-noise-step needs --low-noise-workdir")
+    return None
+  if not 0.0 <= args.switch <= 1.0:
+    raise ValueError(f"--switch {args.switch}: a noise level t/T in [0, 1]")
+  return {"low_noise_workdir": args.low_noise_workdir, "low_noise_step": args.low_noise_step,
+          "switch": args.switch}
 
 
 def _split_overrides(argv):
@@ -275,7 +297,7 @@ def _sample(args) -> int:
   ext = os.path.splitext(args.out)[1].lower()
   if ext not in (".gif", ".mp4", ".npz"):
     raise ValueError(f"--out {args.out!r}: the extension must be .gif, .mp4 or .npz")
-  gen = generate.load_generator(args.workdir, step=args.step)
+  gen = generate.load_generator(args.workdir, step=args.step, **(_experts(args) or {}))
   family = gen.config.get("family", "vdm")
   if family == "cvivit":
     raise ValueError(f"{args.workdir} is a C-ViViT tokenizer (it reconstructs, it does not generate): train a "
@@ -328,6 +350,8 @@ def _eval(args) -> int:
   from vidgen_jax.train import checkpoint as ckpt_lib
   family = ckpt_lib.read_config(args.workdir).get("family", "vdm")
   _check_frame_offset(args, family, args.task != "generation")
+  if _experts(args) and family != "vdm":
+    raise ValueError(f"--low-noise-workdir pairs two video-diffusion models; {args.workdir} is a {family!r} workdir")
   if args.sweep:
     name, sep, values = args.sweep.partition("=")
     if name == "frame_offset" and family != "vdm":
@@ -338,7 +362,7 @@ def _eval(args) -> int:
                     frame_offset=args.frame_offset)
     sampling.pop(name, None)
     result = run_eval.sweep(args.workdir, name, values.split(","), num_samples=args.num_samples,
-                            seed=args.seed, step=args.step, fps=args.fps, **sampling)
+                            seed=args.seed, step=args.step, fps=args.fps, experts=_experts(args), **sampling)
     for r in result["rows"]:
       g = {s: r[f"generated/{s}"] for s in ("seen", "heldout")}
       print(f"{name}={r[name]:g}: joint seen {g['seen']['joint']:.0%} held-out {g['heldout']['joint']:.0%} | "
@@ -359,7 +383,7 @@ def _eval(args) -> int:
         args.workdir, args.task, num_samples=args.num_samples or 1, seed=args.seed, step=args.step,
         num_frames=args.num_frames, given=args.given_frames, factor=args.factor, method=args.method,
         guidance_weight=args.guidance_weight, overlap=args.overlap, fps=args.fps, sampler=args.sampler,
-        steps=args.steps, cond_scale=args.cond_scale)
+        steps=args.steps, cond_scale=args.cond_scale, experts=_experts(args))
     print(json.dumps({k: result[k] for k in ("task", "method", "guidance_weight", "sample_seconds")}))
     for split in ("seen", "heldout"):
       scores = dict(result["scores"][split])
@@ -373,7 +397,8 @@ def _eval(args) -> int:
     return 0
   metrics = run_eval.evaluate_workdir(args.workdir, num_samples=args.num_samples, seed=args.seed,
                                       step=args.step, sampler=args.sampler, steps=args.steps,
-                                      cond_scale=args.cond_scale, frame_offset=args.frame_offset, fps=args.fps)
+                                      cond_scale=args.cond_scale, frame_offset=args.frame_offset, fps=args.fps,
+                                      experts=_experts(args))
   print(run_eval.headline(metrics))
   print(f"wrote {metrics['dir']}/metrics.json and grid.png")
   return 0

@@ -99,12 +99,13 @@ TASKS = ("extension", "story", "prediction", "superres")
 
 def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0, step=None, num_frames: int = 32,
                      given: int = 2, factor: int = 2, method: str = "reconstruction", guidance_weight=None,
-                     overlap=None, gen=None, fps: int = 8, **sampling) -> dict:
+                     overlap=None, gen=None, fps: int = 8, experts=None, **sampling) -> dict:
   """Runs `task` on the eval prompt set and writes WORKDIR/eval/step_N_<task>_<method>/{metrics.json,
   samples.npz, grid.gif}; returns the metrics (scores per split: seen, heldout, all).
 
   superres: real clips average-pooled by `factor` are super-resolved (reconstruction guidance); scored by
-  the evaluator and by PSNR against the real clips, next to nearest-neighbour upsampling."""
+  the evaluator and by PSNR against the real clips, next to nearest-neighbour upsampling. experts (as in
+  `run_eval.evaluate_workdir`) samples with an expert split, written to ..._<method>_experts_s<switch>."""
   import json
   import pathlib
   import time
@@ -116,7 +117,7 @@ def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0,
     raise ValueError(f"task {task!r} unknown; choose one of {TASKS}")
   if num_samples < 1:
     raise ValueError("--num-samples must be at least 1")
-  gen = gen or generate.load_generator(workdir, step=step)
+  gen = gen or generate.load_generator(workdir, step=step, **(experts or {}))
   pairs = run_eval.eval_prompts()
   prompts = [p for p, _ in pairs for _ in range(num_samples)]
   splits = np.array([s for _, s in pairs for _ in range(num_samples)])
@@ -156,7 +157,8 @@ def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0,
             "guidance_weight": gen._weight(guidance_weight), "samples_per_prompt": num_samples,
             "num_frames": int(videos.shape[1]), "given": given if task == "prediction" else 0,
             "sampling": {k: v for k, v in sampling.items() if v is not None},
-            "sample_seconds": round(seconds, 2), "scores": scores}
+            "sample_seconds": round(seconds, 2), "scores": scores,
+            **({"experts": gen.experts} if gen.experts else {})}
   if task in ("extension", "story"):   # the data set's own continuation of the same clips, scored the same way
     ceiling = run_eval.continued_real_videos(prompts, seed, num_frames, gen.config.data.image_size,
                                              ev.NUM_FRAMES, back_and_forth=task == "story")
@@ -169,7 +171,7 @@ def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0,
   tag = "reconstruction" if task == "superres" else method
   if tag == "reconstruction":
     tag += f"_w{gen._weight(guidance_weight):g}"
-  out = pathlib.Path(workdir) / "eval" / f"step_{gen.step}_{task}_{tag}"
+  out = pathlib.Path(workdir) / "eval" / "_".join(filter(None, (f"step_{gen.step}_{task}_{tag}", gen.tag)))
   out.mkdir(parents=True, exist_ok=True)
   (out / "metrics.json").write_text(json.dumps(result, indent=1))
   video_io.write_videos(out / "samples.npz", videos, prompts)

@@ -136,10 +136,14 @@ def evaluate_videos(videos, prompts, splits, seed: int = 0, evaluator: ev.Evalua
 
 
 def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: str = "", gen=None,
-                     **sampling) -> dict:
-  """Samples and scores the eval prompt set; `gen` reuses an already loaded generator of this workdir."""
+                     experts=None, **sampling) -> dict:
+  """Samples and scores the eval prompt set; `gen` reuses an already loaded generator of this workdir.
+
+  experts: {"low_noise_workdir", "low_noise_step", "switch"} (`generate.load_generator`) samples with an
+  expert split; its results go to eval/step_<N>_experts_s<switch>[_<tag>]."""
   from vidgen_jax.sample import generate
-  gen = gen or generate.load_generator(workdir, step=step)
+  gen = gen or generate.load_generator(workdir, step=step, **(experts or {}))
+  tag = "_".join(filter(None, (gen.tag, tag)))
   n = num_samples or gen.config.eval.num_samples
   if n < 1:
     raise ValueError("--num-samples must be at least 1")
@@ -155,7 +159,7 @@ def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: s
   metrics = {
       "step": gen.step, "seed": seed, "samples_per_prompt": n,
       "sampling": {k: v for k, v in sampling.items() if v is not None}, "sample_seconds": round(seconds, 2),
-      "scores": scores,
+      "scores": scores, **({"experts": gen.experts} if gen.experts else {}),
       "evaluator": {"file": str(ev.ASSET.name), "accuracy": evaluator.meta.get("accuracy")},
   }
   out = pathlib.Path(workdir) / "eval" / (f"step_{gen.step}" + (f"_{tag}" if tag else ""))
@@ -194,28 +198,45 @@ def headline(metrics: dict) -> str:
   return "\n".join(lines)
 
 
-SWEEPABLE = {"cond_scale": float, "steps": int, "frame_offset": int}
+SWEEPABLE = {"cond_scale": float, "steps": int, "frame_offset": int, "switch": float}
 
 
-def sweep(workdir, name: str, values, num_samples=None, seed: int = 0, step=None, **sampling) -> dict:
-  """Evaluates the workdir once per value of one sampling setting; writes eval/sweep_<name>.{json,png}."""
+def sweep(workdir, name: str, values, num_samples=None, seed: int = 0, step=None, experts=None,
+          **sampling) -> dict:
+  """Evaluates the workdir once per value of one sampling setting; writes eval/sweep_<name>.{json,png}.
+
+  experts (as in `evaluate_workdir`) sweeps an expert split; name 'switch' sweeps its noise level t/T
+  (0: the high-noise workdir alone, 1: the low-noise one alone) and needs experts."""
   if name not in SWEEPABLE:
     raise ValueError(f"cannot sweep {name!r}; choose one of {sorted(SWEEPABLE)}")
+  if name == "switch" and not (experts and experts.get("low_noise_workdir")):
+    raise ValueError("sweeping the expert switch needs a low-noise workdir (--low-noise-workdir)")
   values = [SWEEPABLE[name](v) for v in values]
   if not values:
     raise ValueError("a sweep needs at least one value")
   from vidgen_jax.sample import generate
-  gen = generate.load_generator(workdir, step=step)   # restored once for every value
+  experts = dict(experts or {})
+  if name == "switch":   # both models restored once; each value pairs them anew
+    high = generate.load_generator(workdir, step=step)
+    low = generate.load_generator(experts["low_noise_workdir"], step=experts.get("low_noise_step"))
+    gens = [high.with_low_noise_expert(low, v, workdir=experts["low_noise_workdir"]) for v in values]
+  else:
+    gens = [generate.load_generator(workdir, step=step, **experts)] * len(values)   # restored once
   rows = []
-  for v in values:
-    m = evaluate_workdir(workdir, num_samples=num_samples, seed=seed, tag=f"{name}{v:g}", gen=gen,
-                         **{**sampling, name: v})
+  for v, gen in zip(values, gens):
+    if name == "switch":   # the generator's own tag (experts_s<v>) names each directory
+      m = evaluate_workdir(workdir, num_samples=num_samples, seed=seed, gen=gen, **sampling)
+    else:
+      m = evaluate_workdir(workdir, num_samples=num_samples, seed=seed, tag=f"{name}{v:g}", gen=gen,
+                           **{**sampling, name: v})
     rows.append({name: v, "sample_seconds": m["sample_seconds"],
                  **{f"{set_}/{split}": m["scores"][set_][split] for set_ in ("generated", "real")
                     for split in ("seen", "heldout")}})
   result = {"workdir": str(workdir), "step": m["step"], "sweep": name, "seed": seed,
-            "samples_per_prompt": m["samples_per_prompt"], "rows": rows}
-  out = pathlib.Path(workdir) / "eval" / f"sweep_{name}"
+            "samples_per_prompt": m["samples_per_prompt"], "rows": rows,
+            **({"experts": {k: v for k, v in gens[0].experts.items() if name != k}} if gens[0].experts else {})}
+  prefix = "experts_" if experts and name != "switch" else ""   # a split's sweep beside the model's own
+  out = pathlib.Path(workdir) / "eval" / f"sweep_{prefix}{name}"
   out.with_suffix(".json").write_text(json.dumps(result, indent=1))
   plot_sweep(result, out.with_suffix(".png"))
   result["files"] = [str(out.with_suffix(".json")), str(out.with_suffix(".png"))]

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from vidgen_jax.diffusion import conditioning
+from vidgen_jax.diffusion import experts
 from vidgen_jax.io import video as video_io
 from vidgen_jax.sample import long_video
 from vidgen_jax.train import checkpoint as ckpt_lib
@@ -17,10 +18,40 @@ DEFAULT_RECONSTRUCTION_WEIGHT = 5.0   # configs/vdm_shapes.py sample.reconstruct
 
 
 class Generator:
-  """Samples videos for text prompts with a workdir's EMA parameters."""
+  """Samples videos for text prompts with a workdir's EMA parameters.
+
+  `with_low_noise_expert` pairs it with a second workdir's model for the nearly clean steps (an expert
+  split by noise level, `diffusion.experts`); `experts` then describes the pair, and None otherwise."""
 
   def __init__(self, run, params, step: int, chunk: int = 16):
     self.run, self.params, self.step, self.chunk = run, params, step, chunk
+    self.low_noise = None      # experts.LowNoiseExpert of a split; params is then (this model's, its)
+    self.experts = None        # {"low_noise_workdir", "low_noise_step", "switch", ...} of a split
+    self.expert_config = None  # the low-noise expert's config
+
+  @property
+  def tag(self) -> str:
+    """A name for what samples: '' for one model, 'experts_s<switch>' for a split (eval directory names)."""
+    return "" if self.experts is None else f"experts_s{self.experts['switch']:g}"
+
+  def with_low_noise_expert(self, expert: "Generator", switch: float, workdir: str = "") -> "Generator":
+    """A generator whose steps at noise level t/T >= `switch` run this model and the others `expert`'s.
+
+    The two may differ in parametrisation and architecture but must share the noise schedule, the text
+    encoder and the video shape (a clear error otherwise). switch 0 samples with this model alone, 1 with
+    the expert alone."""
+    if self.low_noise is not None or expert.low_noise is not None:
+      raise ValueError("an expert split pairs two single models; neither may already be a split")
+    check_experts_compatible(self.run, expert.run)
+    split = Generator(self.run, (self.params, expert.params), self.step, self.chunk)
+    split.low_noise = experts.LowNoiseExpert(
+        expert.run.model, expert.config.diffusion.prediction,
+        experts.switch_index(switch, self.run.sched.num_timesteps))
+    split.experts = {"low_noise_workdir": str(workdir), "low_noise_step": expert.step, "switch": float(switch),
+                     "low_noise_prediction": expert.config.diffusion.prediction,
+                     "high_noise_prediction": self.config.diffusion.prediction}
+    split.expert_config = expert.config
+    return split
 
   @property
   def config(self):
@@ -52,7 +83,7 @@ class Generator:
   def _fn(self, batch, sampler, steps, cond_scale, frame_offset=None):
     kw = {k: v for k, v in dict(sampler=sampler, steps=steps, cond_scale=cond_scale,
                                 frame_offset=frame_offset).items() if v is not None}
-    return vdm.make_sample_fn(self.run.model, self.run.sched, self.run.config, **kw)
+    return vdm.make_sample_fn(self.run.model, self.run.sched, self.run.config, low_noise=self.low_noise, **kw)
 
   def generate(self, prompts, seed: int = 0, *, sampler=None, steps=None, cond_scale=None,
                frame_offset=None) -> np.ndarray:
@@ -87,13 +118,13 @@ class Generator:
       obs = conditioning.frames_observation(known_video, known_frames)
       return vdm.sample(params, rng, tokens, mask, model=run.model, sched=run.sched, config=run.config,
                         num_frames=known_video.shape[1], observation=obs, method=method,
-                        guidance_weight=weight, **overrides)
+                        guidance_weight=weight, low_noise=self.low_noise, **overrides)
 
     def lowres_fn(params, rng, tokens, mask, lowres, weight):
       obs = conditioning.lowres_observation(lowres, factor)
       return vdm.sample(params, rng, tokens, mask, model=run.model, sched=run.sched, config=run.config,
                         num_frames=lowres.shape[1], image_size=lowres.shape[2] * factor, observation=obs,
-                        method="reconstruction", guidance_weight=weight, **overrides)
+                        method="reconstruction", guidance_weight=weight, low_noise=self.low_noise, **overrides)
 
     return jax.jit(frames_fn if kind == "frames" else lowres_fn)
 
@@ -115,7 +146,8 @@ class Generator:
     default config.sample.reconstruction_weight), 'replacement', or 'clean' (known frames enter the model
     noise-free at timestep 0: needs a model trained with diffusion.frame_noise_prob > 0).
     """
-    if method == "clean" and not self.config.diffusion.get("frame_noise_prob", 0.0):
+    configs = [self.config] + ([self.expert_config] if self.low_noise is not None else [])
+    if method == "clean" and not all(c.diffusion.get("frame_noise_prob", 0.0) for c in configs):
       raise ValueError("method 'clean' feeds known frames at timestep 0 while the others are noisy: it needs a "
                        "model trained with per-frame noise levels (diffusion.frame_noise_prob > 0); this one "
                        "was not, use reconstruction or replacement")
@@ -183,6 +215,41 @@ def generator_class(config):
   return getattr(importlib.import_module(module), name)
 
 
-def load_generator(workdir, step=None):
-  """The generator of any model family's workdir (its config.json's `family` picks the class)."""
-  return generator_class(ckpt_lib.read_config(workdir)).from_workdir(workdir, step=step)
+def check_experts_compatible(high_run, low_run):
+  """Raises ValueError unless two runs can share one sampling chain: video-diffusion models with the same
+  noise schedule, video shape and text encoder."""
+  hc, lc = high_run.config, low_run.config
+  for name, c in (("high-noise", hc), ("low-noise", lc)):
+    if c.get("family", "vdm") != "vdm":
+      raise ValueError(f"an expert split needs two video-diffusion workdirs; the {name} one is a "
+                       f"{c.get('family')!r} workdir")
+  for key in ("num_frames", "image_size"):
+    if hc.data[key] != lc.data[key]:
+      raise ValueError(f"the experts sample different videos: data.{key} {hc.data[key]} against {lc.data[key]}")
+  hs, ls = high_run.sched, low_run.sched
+  if hs.num_timesteps != ls.num_timesteps or not np.allclose(np.asarray(hs.alphas_cumprod),
+                                                             np.asarray(ls.alphas_cumprod), rtol=1e-6, atol=0):
+    raise ValueError("the experts were trained with different noise schedules (diffusion.schedule, "
+                     "schedule_shift or timesteps): a noise level means different things to them")
+  ht, lt = (dict(c.text.items()) for c in (hc, lc))
+  if ht != lt:
+    raise ValueError(f"the experts read text with different encoders: {ht} against {lt}")
+
+
+def load_generator(workdir, step=None, *, low_noise_workdir=None, low_noise_step=None, switch=0.5):
+  """The generator of any model family's workdir (its config.json's `family` picks the class).
+
+  With `low_noise_workdir`, a video-diffusion expert split: this workdir's model denoises the steps at
+  t/T >= switch, `low_noise_workdir`'s (checkpoint `low_noise_step`, default latest) the rest."""
+  if low_noise_workdir is None and low_noise_step is not None:
+    raise ValueError("a low-noise step needs a low-noise workdir")
+  gen = generator_class(ckpt_lib.read_config(workdir)).from_workdir(workdir, step=step)
+  if low_noise_workdir is None:
+    return gen
+  if not isinstance(gen, Generator):
+    raise ValueError(f"{workdir} is not a video-diffusion workdir: only those take a low-noise expert")
+  expert = generator_class(ckpt_lib.read_config(low_noise_workdir)).from_workdir(low_noise_workdir,
+                                                                                 step=low_noise_step)
+  if not isinstance(expert, Generator):
+    raise ValueError(f"the low-noise expert {low_noise_workdir} is not a video-diffusion workdir")
+  return gen.with_low_noise_expert(expert, switch, workdir=str(low_noise_workdir))

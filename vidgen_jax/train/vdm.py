@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vidgen_jax.diffusion import conditioning, gaussian, guidance, losses, samplers, schedules
+from vidgen_jax.diffusion import conditioning, experts, gaussian, guidance, losses, samplers, schedules
 from vidgen_jax.models import patched
 from vidgen_jax.models.unet3d import Unconditional, Unet3D
 from vidgen_jax.models.video_dit import VideoDiT
@@ -235,11 +235,13 @@ def train_step(state: state_lib.TrainState, batch, *, model, tx, sched, config):
 
 def sample(params, rng, text_tokens, text_mask, *, model, sched, config, num_frames=None, image_size=None,
            sampler=None, steps=None, cond_scale=None, frame_offset=None, observation=None,
-           method="reconstruction", guidance_weight=1.0):
+           method="reconstruction", guidance_weight=1.0, low_noise=None):
   """Generates videos in [-1, 1], one per row of text_tokens, with classifier-free guidance.
 
   `observation` (a `conditioning.Observation`: known frames or a low-resolution video, in [-1, 1]) makes it
   a conditional sampler: `method` 'replacement' or 'reconstruction' (guidance weight `guidance_weight`).
+  `low_noise` (an `experts.LowNoiseExpert`) splits the steps between two models by noise level: `params`
+  is then the pair (this model's, the expert's), and the expert denoises the steps below its switch.
   Unset sampler, steps, cond_scale and frame_offset (pyramid sampling) come from config.sample.
   """
   s, d = config.sample, config.data
@@ -250,16 +252,28 @@ def sample(params, rng, text_tokens, text_mask, *, model, sched, config, num_fra
   shape = (b, num_frames or d.num_frames, image_size or d.image_size, image_size or d.image_size, 3)
   cond = pooled({"text_tokens": text_tokens, "text_mask": text_mask})
 
-  def apply_fn(x, t, null, cond, tokens, mask):
-    return model.apply(params, x, t, cond, null_cond=null, **text_inputs(model, tokens, mask)).astype(jnp.float32)
+  def guided_fn(params, model):
+    def apply_fn(x, t, null, cond, tokens, mask):
+      return model.apply(params, x, t, cond, null_cond=null,
+                         **text_inputs(model, tokens, mask)).astype(jnp.float32)
+    guided = guidance.make_guided_fn(apply_fn, cond_scale)
+    return lambda x, t: guided(x, t, cond, text_tokens, text_mask)
 
-  guided = guidance.make_guided_fn(apply_fn, cond_scale)
-  model_fn = lambda x, t: guided(x, t, cond, text_tokens, text_mask)
-  common = dict(prediction=config.diffusion.prediction, clip_denoised=s.clip_denoised)
+  prediction = config.diffusion.prediction
+  if low_noise is None:
+    model_fn = guided_fn(params, model)
+  else:
+    high_params, low_params = params
+    model_fn = experts.switch_x0_fn(
+        conditioning.model_x0_fn(guided_fn(high_params, model), sched, prediction),
+        conditioning.model_x0_fn(guided_fn(low_params, low_noise.model), sched, low_noise.prediction),
+        low_noise.switch_t)
+    prediction = "x0"
+  common = dict(prediction=prediction, clip_denoised=s.clip_denoised)
   if observation is not None:
     rng, cond_rng = jax.random.split(rng)
     model_fn = conditioning.conditioned_x0_fn(
-        conditioning.model_x0_fn(model_fn, sched, config.diffusion.prediction), sched, observation,
+        conditioning.model_x0_fn(model_fn, sched, prediction), sched, observation,
         method=method, weight=guidance_weight, rng=cond_rng)
     common["prediction"] = "x0"
   frame_offset = s.get("frame_offset", 0) if frame_offset is None else frame_offset

@@ -1,0 +1,134 @@
+"""Expert denoisers by noise level: the pure switch, its wiring into `vdm.sample`, and the generator pair."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from tests.helpers import HashTextEncoder, micro_config
+from vidgen_jax.diffusion import conditioning, experts, samplers, schedules
+from vidgen_jax.sample import generate
+from vidgen_jax.train import setup, vdm
+
+
+def test_switch_index_maps_a_noise_level_to_a_schedule_index():
+  assert experts.switch_index(0.0, 1000) == 0
+  assert experts.switch_index(0.5, 1000) == 500
+  assert experts.switch_index(1.0, 1000) == 1000
+  for bad in (-0.1, 1.5):
+    with pytest.raises(ValueError, match="t/T in"):
+      experts.switch_index(bad, 1000)
+
+
+def test_switch_runs_the_high_expert_from_the_switch_up_and_the_noisiest_frame_decides():
+  high = lambda z, t: z + 1.0
+  low = lambda z, t: z - 1.0
+  z = jnp.zeros((2, 3, 2, 2, 3))
+  fn = jax.jit(lambda z, t, s: experts.switch_x0_fn(high, low, s)(z, t))   # the switch may be traced
+  for t, expected in ((499, -1.0), (500, 1.0), (999, 1.0), (0, -1.0)):
+    np.testing.assert_array_equal(fn(z, jnp.full((2,), t), 500), expected)
+  # Per-frame levels (clean conditioning: known frames at 0, the others at the sampler's t).
+  per_frame = jnp.array([[0, 700, 700], [0, 700, 700]])
+  np.testing.assert_array_equal(fn(z, per_frame, 500), 1.0)
+  np.testing.assert_array_equal(fn(z, per_frame, 701), -1.0)
+  # Reconstruction guidance differentiates through the switch: the chosen expert's gradient.
+  grad = jax.grad(lambda z, s: jnp.sum(experts.switch_x0_fn(lambda z, t: 3.0 * z, lambda z, t: -2.0 * z, s)(
+      z, jnp.full((2,), 600))), argnums=0)
+  np.testing.assert_array_equal(grad(z, 500), 3.0)
+  np.testing.assert_array_equal(grad(z, 601), -2.0)
+
+
+class _LinearModel:
+  """Stands in for the U-Net in `vdm.sample`: raw output = scale · x_t (what it means depends on the
+  parametrisation), so the trajectory depends on which model ran at every step."""
+
+  def __init__(self, scale):
+    self.scale = scale
+
+  def apply(self, params, x, t, cond, null_cond, text_tokens, text_mask):
+    return self.scale * x + params["bias"]
+
+
+def _config(prediction):
+  return ml_collections.ConfigDict({
+      "sample": {"sampler": "ddim", "steps": 6, "eta": 0.0, "cond_scale": 1.0, "clip_denoised": True},
+      "data": {"num_frames": 2, "image_size": 4}, "diffusion": {"prediction": prediction}})
+
+
+@pytest.mark.parametrize("switch", [0.0, 0.45, 1.0])
+def test_vdm_sample_splits_the_steps_between_two_parametrisations(switch):
+  """An x0 model above the switch and a v model below equals a hand-made DDIM run of the same split;
+  switch 0 is the x0 model alone, 1 the v model alone (each sampled in its own parametrisation)."""
+  sched = schedules.make_schedule(100, kind="cosine")
+  high, low = _LinearModel(0.3), _LinearModel(-0.5)
+  hp, lp = {"bias": jnp.float32(0.1)}, {"bias": jnp.float32(-0.2)}
+  tokens, mask = jnp.ones((2, 3, 5)), jnp.ones((2, 3), bool)
+  rng = jax.random.PRNGKey(0)
+  switch_t = experts.switch_index(switch, sched.num_timesteps)
+  split = vdm.sample((hp, lp), rng, tokens, mask, model=high, sched=sched, config=_config("x0"),
+                     low_noise=experts.LowNoiseExpert(low, "v", switch_t))
+
+  def by_hand(z, t):
+    x0_high = conditioning.model_x0_fn(lambda z, t: high.apply(hp, z, t, None, None, None, None), sched, "x0")
+    x0_low = conditioning.model_x0_fn(lambda z, t: low.apply(lp, z, t, None, None, None, None), sched, "v")
+    return jnp.where(t[0] >= switch_t, x0_high(z, t), x0_low(z, t))
+  expected = samplers.ddim_sample(by_hand, sched, split.shape, rng, num_steps=6, eta=0.0, prediction="x0")
+  np.testing.assert_allclose(split, expected, atol=1e-6)
+  if switch in (0.0, 1.0):
+    model, params, prediction = (high, hp, "x0") if switch == 0.0 else (low, lp, "v")
+    alone = vdm.sample(params, rng, tokens, mask, model=model, sched=sched, config=_config(prediction))
+    np.testing.assert_allclose(split, alone, atol=1e-5)
+  else:   # both experts ran: the split is neither model alone
+    for model, params, prediction in ((high, hp, "x0"), (low, lp, "v")):
+      alone = vdm.sample(params, rng, tokens, mask, model=model, sched=sched, config=_config(prediction))
+      assert np.abs(np.asarray(split) - np.asarray(alone)).max() > 1e-2
+
+
+def _generator(prediction, seed, **changes):
+  config = micro_config(image_size=16)
+  config.diffusion.prediction = prediction
+  config.sample.steps = 3
+  for dotted, value in changes.items():
+    section, key = dotted.split("__")
+    config[section][key] = value
+  run = setup.build_run(config, text_encoder=HashTextEncoder(), devices=jax.devices()[:1])
+  return generate.Generator(run, run.init_state(seed).ema_params, step=seed)
+
+
+@functools.lru_cache(maxsize=1)
+def _pair():
+  return _generator("x0", 0), _generator("v", 1, model__input_skip=True)
+
+
+def test_generator_split_at_one_is_the_low_noise_model_alone():
+  """A v + input-skip U-Net run through the x0 path of the split gives its own samples (uint8, ±1 for the
+  float rounding of the two paths)."""
+  high, low = _pair()
+  prompts = ["a red circle moving left", "a blue square growing"]
+  split = high.with_low_noise_expert(low, 1.0, workdir="low")
+  assert split.tag == "experts_s1" and split.experts["low_noise_prediction"] == "v"
+  got, alone = split.generate(prompts, seed=3), low.generate(prompts, seed=3)
+  assert got.shape == alone.shape == (2, 2, 16, 16, 3)
+  assert np.abs(got.astype(int) - alone.astype(int)).max() <= 1
+  assert np.abs(got.astype(int) - high.generate(prompts, seed=3).astype(int)).max() > 8
+
+
+def test_generator_split_refuses_what_cannot_share_a_chain():
+  high, low = _pair()
+  with pytest.raises(ValueError, match="noise schedules"):
+    high.with_low_noise_expert(_generator("v", 1, diffusion__timesteps=500), 0.5)
+  with pytest.raises(ValueError, match="num_frames"):
+    high.with_low_noise_expert(_generator("v", 1, data__num_frames=4), 0.5)
+  with pytest.raises(ValueError, match="text with different encoders"):
+    high.with_low_noise_expert(_generator("v", 1, text__max_length=8), 0.5)
+  with pytest.raises(ValueError, match="t/T in"):
+    high.with_low_noise_expert(low, 1.2)
+  split = high.with_low_noise_expert(low, 0.5)
+  with pytest.raises(ValueError, match="neither may already be a split"):
+    split.with_low_noise_expert(low, 0.5)
+  with pytest.raises(ValueError, match="frame_noise_prob"):   # neither was trained with per-frame noise
+    split.generate_long([["a red circle moving left"]], method="clean")
+  with pytest.raises(ValueError, match="low-noise workdir"):
+    generate.load_generator("unused", low_noise_step=3)
