@@ -112,7 +112,6 @@ def test_generator_split_at_one_is_the_low_noise_model_alone():
   got, alone = split.generate(prompts, seed=3), low.generate(prompts, seed=3)
   assert got.shape == alone.shape == (2, 2, 16, 16, 3)
   assert np.abs(got.astype(int) - alone.astype(int)).max() <= 1
-  assert np.abs(got.astype(int) - high.generate(prompts, seed=3).astype(int)).max() > 8
 
 
 def test_generator_split_refuses_what_cannot_share_a_chain():
