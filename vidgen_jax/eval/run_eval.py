@@ -235,7 +235,7 @@ def sweep(workdir, name: str, values, num_samples=None, seed: int = 0, step=None
   result = {"workdir": str(workdir), "step": m["step"], "sweep": name, "seed": seed,
             "samples_per_prompt": m["samples_per_prompt"], "rows": rows,
             **({"experts": {k: v for k, v in gens[0].experts.items() if name != k}} if gens[0].experts else {})}
-  prefix = "experts_" if experts and name != "switch" else ""   # a split's sweep beside the model's own
+  prefix = f"{gens[0].tag}_" if gens[0].tag and name != "switch" else ""   # a split's sweep beside the model's
   out = pathlib.Path(workdir) / "eval" / f"sweep_{prefix}{name}"
   out.with_suffix(".json").write_text(json.dumps(result, indent=1))
   plot_sweep(result, out.with_suffix(".png"))
