@@ -131,3 +131,12 @@ def test_generator_split_refuses_what_cannot_share_a_chain():
     split.generate_long([["a red circle moving left"]], method="clean")
   with pytest.raises(ValueError, match="low-noise workdir"):
     generate.load_generator("unused", low_noise_step=3)
+
+
+def test_sweep_files_of_a_split_sit_beside_the_models_own():
+  from vidgen_jax.eval import run_eval
+  names = lambda *a: [p.name for p in run_eval.sweep_files("w", *a)]
+  assert names("cond_scale") == ["sweep_cond_scale.json", "sweep_cond_scale.png"]
+  assert names("cond_scale", "experts_s0.5") == ["sweep_experts_s0.5_cond_scale.json",
+                                                 "sweep_experts_s0.5_cond_scale.png"]
+  assert names("switch", "experts_s0") == ["sweep_switch.json", "sweep_switch.png"]

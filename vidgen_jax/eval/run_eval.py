@@ -235,12 +235,19 @@ def sweep(workdir, name: str, values, num_samples=None, seed: int = 0, step=None
   result = {"workdir": str(workdir), "step": m["step"], "sweep": name, "seed": seed,
             "samples_per_prompt": m["samples_per_prompt"], "rows": rows,
             **({"experts": {k: v for k, v in gens[0].experts.items() if name != k}} if gens[0].experts else {})}
-  prefix = f"{gens[0].tag}_" if gens[0].tag and name != "switch" else ""   # a split's sweep beside the model's
-  out = pathlib.Path(workdir) / "eval" / f"sweep_{prefix}{name}"
-  out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-  plot_sweep(result, out.with_suffix(".png"))
-  result["files"] = [str(out.with_suffix(".json")), str(out.with_suffix(".png"))]
+  files = sweep_files(workdir, name, gens[0].tag)
+  files[0].write_text(json.dumps(result, indent=1))
+  plot_sweep(result, files[1])
+  result["files"] = [str(f) for f in files]
   return result
+
+
+def sweep_files(workdir, name: str, tag: str = ""):
+  """(json, png) paths of a sweep: eval/sweep_<name>, or eval/sweep_<tag>_<name> for a generator with a tag
+  (an expert split, beside the single model's own sweep); a switch sweep is the split's own and untagged."""
+  prefix = f"{tag}_" if tag and name != "switch" else ""
+  base = pathlib.Path(workdir) / "eval"
+  return [base / f"sweep_{prefix}{name}{ext}" for ext in (".json", ".png")]   # the tag may hold a dot
 
 
 def plot_sweep(result: dict, path):
