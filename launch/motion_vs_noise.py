@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vidgen_jax.data import moving_shapes
-from vidgen_jax.diffusion import experts, gaussian, guidance
+from vidgen_jax.diffusion import gaussian
 from vidgen_jax.eval import evaluator as ev
 from vidgen_jax.eval import metrics, run_eval
 from vidgen_jax.sample import generate
@@ -44,37 +44,24 @@ def main():
   p.add_argument("--low-noise-step", type=int, default=None)
   p.add_argument("--switch", type=float, default=0.5, help="noise level t/T where the low-noise model takes over")
   args = p.parse_args()
-  gen = generate.Generator.from_workdir(args.workdir, step=args.step)
+  gen = generate.load_generator(args.workdir, step=args.step, low_noise_workdir=args.low_noise_workdir,
+                                low_noise_step=args.low_noise_step, switch=args.switch)
   run = gen.run
   sched = run.sched
-  members = [gen]
-  if args.low_noise_workdir:
-    low = generate.Generator.from_workdir(args.low_noise_workdir, step=args.low_noise_step)
-    generate.check_experts_compatible(run, low.run)
-    members.append(low)
   if args.motion:
     prompts = [q for q in moving_shapes.captions("all") if metrics.prompt_labels(q)["motion"] in args.motion]
   else:
     prompts = [q for q, _ in run_eval.eval_prompts()]
   x0 = vdm.to_model_space(jnp.asarray(run_eval.real_videos(prompts, args.seed)))
   tok, mask = map(jnp.asarray, run.text_encoder.encode(prompts))
-  cond = vdm.pooled({"text_tokens": tok, "text_mask": mask})
   evaluator = ev.default_evaluator()
 
-  def x0_fn(member):
-    model, params, pred = member.run.model, member.params, member.config.diffusion.prediction
-
-    def apply_fn(x, t, null, cond, tokens, mask):
-      return model.apply(params, x, t, cond, null_cond=null, **vdm.text_inputs(model, tokens, mask))
-
-    guided = guidance.make_guided_fn(apply_fn, args.cond_scale)
-    return lambda x, t: gaussian.model_output_to_x0_eps(sched, x, t, guided(x, t, cond, tok, mask), pred)[0]
-
-  predict = x0_fn(gen) if len(members) == 1 else experts.switch_x0_fn(
-      x0_fn(gen), x0_fn(members[1]), experts.switch_index(args.switch, sched.num_timesteps))
+  model_fn, pred = vdm.guided_denoiser(gen.params, tok, mask, model=run.model, sched=sched,
+                                       prediction=gen.config.diffusion.prediction, cond_scale=args.cond_scale,
+                                       low_noise=gen.low_noise)
 
   def x0_eps(x, t):
-    x0p = jnp.clip(predict(x, t), -1, 1)
+    x0p = jnp.clip(gaussian.model_output_to_x0_eps(sched, x, t, model_fn(x, t), pred)[0], -1, 1)
     return x0p, gaussian.predict_eps_from_x0(sched, x, t, x0p)
 
   @jax.jit

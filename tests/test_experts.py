@@ -133,6 +133,15 @@ def test_generator_split_refuses_what_cannot_share_a_chain():
     generate.load_generator("unused", low_noise_step=3)
 
 
+def test_load_generator_refuses_a_non_diffusion_partner_before_restoring_anything(tmp_path):
+  import json
+  for name, family in (("vdm", "vdm"), ("tok", "cvivit")):   # configs only: no checkpoint to restore
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps({"family": family}))
+  with pytest.raises(ValueError, match="tok is a 'cvivit' workdir"):
+    generate.load_generator(tmp_path / "vdm", low_noise_workdir=tmp_path / "tok")
+
+
 def test_sweep_files_of_a_split_sit_beside_the_models_own():
   from vidgen_jax.eval import run_eval
   names = lambda *a: [p.name for p in run_eval.sweep_files("w", *a)]

@@ -350,7 +350,8 @@ def _eval(args) -> int:
   from vidgen_jax.train import checkpoint as ckpt_lib
   family = ckpt_lib.read_config(args.workdir).get("family", "vdm")
   _check_frame_offset(args, family, args.task != "generation")
-  if _experts(args) and family != "vdm":
+  experts = _experts(args)
+  if experts and family != "vdm":
     raise ValueError(f"--low-noise-workdir pairs two video-diffusion models; {args.workdir} is a {family!r} workdir")
   if args.sweep:
     name, sep, values = args.sweep.partition("=")
@@ -362,7 +363,7 @@ def _eval(args) -> int:
                     frame_offset=args.frame_offset)
     sampling.pop(name, None)
     result = run_eval.sweep(args.workdir, name, values.split(","), num_samples=args.num_samples,
-                            seed=args.seed, step=args.step, fps=args.fps, experts=_experts(args), **sampling)
+                            seed=args.seed, step=args.step, fps=args.fps, experts=experts, **sampling)
     for r in result["rows"]:
       g = {s: r[f"generated/{s}"] for s in ("seen", "heldout")}
       print(f"{name}={r[name]:g}: joint seen {g['seen']['joint']:.0%} held-out {g['heldout']['joint']:.0%} | "
@@ -383,7 +384,7 @@ def _eval(args) -> int:
         args.workdir, args.task, num_samples=args.num_samples or 1, seed=args.seed, step=args.step,
         num_frames=args.num_frames, given=args.given_frames, factor=args.factor, method=args.method,
         guidance_weight=args.guidance_weight, overlap=args.overlap, fps=args.fps, sampler=args.sampler,
-        steps=args.steps, cond_scale=args.cond_scale, experts=_experts(args))
+        steps=args.steps, cond_scale=args.cond_scale, experts=experts)
     print(json.dumps({k: result[k] for k in ("task", "method", "guidance_weight", "sample_seconds")}))
     for split in ("seen", "heldout"):
       scores = dict(result["scores"][split])
@@ -398,7 +399,7 @@ def _eval(args) -> int:
   metrics = run_eval.evaluate_workdir(args.workdir, num_samples=args.num_samples, seed=args.seed,
                                       step=args.step, sampler=args.sampler, steps=args.steps,
                                       cond_scale=args.cond_scale, frame_offset=args.frame_offset, fps=args.fps,
-                                      experts=_experts(args))
+                                      experts=experts)
   print(run_eval.headline(metrics))
   print(f"wrote {metrics['dir']}/metrics.json and grid.png")
   return 0

@@ -223,12 +223,10 @@ def sweep(workdir, name: str, values, num_samples=None, seed: int = 0, step=None
   else:
     gens = [generate.load_generator(workdir, step=step, **experts)] * len(values)   # restored once
   rows = []
-  for v, gen in zip(values, gens):
-    if name == "switch":   # the generator's own tag (experts_s<v>) names each directory
-      m = evaluate_workdir(workdir, num_samples=num_samples, seed=seed, gen=gen, **sampling)
-    else:
-      m = evaluate_workdir(workdir, num_samples=num_samples, seed=seed, tag=f"{name}{v:g}", gen=gen,
-                           **{**sampling, name: v})
+  for v, gen in zip(values, gens):   # a switch value is the generator's own (its tag names the directory)
+    setting = {} if name == "switch" else {name: v}
+    m = evaluate_workdir(workdir, num_samples=num_samples, seed=seed, tag="" if name == "switch" else f"{name}{v:g}",
+                         gen=gen, **{**sampling, **setting})
     rows.append({name: v, "sample_seconds": m["sample_seconds"],
                  **{f"{set_}/{split}": m["scores"][set_][split] for set_ in ("generated", "real")
                     for split in ("seen", "heldout")}})

@@ -216,13 +216,9 @@ def generator_class(config):
 
 
 def check_experts_compatible(high_run, low_run):
-  """Raises ValueError unless two runs can share one sampling chain: video-diffusion models with the same
-  noise schedule, video shape and text encoder."""
+  """Raises ValueError unless two video-diffusion runs can share one sampling chain: the same noise schedule,
+  video shape and text encoder (`load_generator` checks the families before restoring anything)."""
   hc, lc = high_run.config, low_run.config
-  for name, c in (("high-noise", hc), ("low-noise", lc)):
-    if c.get("family", "vdm") != "vdm":
-      raise ValueError(f"an expert split needs two video-diffusion workdirs; the {name} one is a "
-                       f"{c.get('family')!r} workdir")
   for key in ("num_frames", "image_size"):
     if hc.data[key] != lc.data[key]:
       raise ValueError(f"the experts sample different videos: data.{key} {hc.data[key]} against {lc.data[key]}")
@@ -241,15 +237,13 @@ def load_generator(workdir, step=None, *, low_noise_workdir=None, low_noise_step
 
   With `low_noise_workdir`, a video-diffusion expert split: this workdir's model denoises the steps at
   t/T >= switch, `low_noise_workdir`'s (checkpoint `low_noise_step`, default latest) the rest."""
-  if low_noise_workdir is None and low_noise_step is not None:
-    raise ValueError("a low-noise step needs a low-noise workdir")
-  gen = generator_class(ckpt_lib.read_config(workdir)).from_workdir(workdir, step=step)
   if low_noise_workdir is None:
-    return gen
-  if not isinstance(gen, Generator):
-    raise ValueError(f"{workdir} is not a video-diffusion workdir: only those take a low-noise expert")
-  expert = generator_class(ckpt_lib.read_config(low_noise_workdir)).from_workdir(low_noise_workdir,
-                                                                                 step=low_noise_step)
-  if not isinstance(expert, Generator):
-    raise ValueError(f"the low-noise expert {low_noise_workdir} is not a video-diffusion workdir")
+    if low_noise_step is not None:
+      raise ValueError("a low-noise step needs a low-noise workdir")
+    return generator_class(ckpt_lib.read_config(workdir)).from_workdir(workdir, step=step)
+  for w in (workdir, low_noise_workdir):   # both configs checked before either checkpoint is restored
+    family = ckpt_lib.read_config(w).get("family", "vdm")
+    if family != "vdm":
+      raise ValueError(f"an expert split pairs two video-diffusion workdirs; {w} is a {family!r} workdir")
+  gen, expert = (Generator.from_workdir(w, step=s) for w, s in ((workdir, step), (low_noise_workdir, low_noise_step)))
   return gen.with_low_noise_expert(expert, switch, workdir=str(low_noise_workdir))

@@ -233,6 +233,29 @@ def train_step(state: state_lib.TrainState, batch, *, model, tx, sched, config):
   return new_state, metrics
 
 
+def guided_denoiser(params, text_tokens, text_mask, *, model, sched, prediction, cond_scale, low_noise=None):
+  """(model_fn(x_t, t) -> raw output, its parametrisation): the classifier-free-guided model for these prompts.
+
+  With `low_noise` (an `experts.LowNoiseExpert`; `params` is then the pair (this model's, the expert's)) the
+  function is the expert split's x̂0 predictor, and the parametrisation 'x0'."""
+  cond = pooled({"text_tokens": text_tokens, "text_mask": text_mask})
+
+  def guided_fn(params, model):
+    def apply_fn(x, t, null, cond, tokens, mask):
+      return model.apply(params, x, t, cond, null_cond=null,
+                         **text_inputs(model, tokens, mask)).astype(jnp.float32)
+    guided = guidance.make_guided_fn(apply_fn, cond_scale)
+    return lambda x, t: guided(x, t, cond, text_tokens, text_mask)
+
+  if low_noise is None:
+    return guided_fn(params, model), prediction
+  high_params, low_params = params
+  return experts.switch_x0_fn(
+      conditioning.model_x0_fn(guided_fn(high_params, model), sched, prediction),
+      conditioning.model_x0_fn(guided_fn(low_params, low_noise.model), sched, low_noise.prediction),
+      low_noise.switch_t), "x0"
+
+
 def sample(params, rng, text_tokens, text_mask, *, model, sched, config, num_frames=None, image_size=None,
            sampler=None, steps=None, cond_scale=None, frame_offset=None, observation=None,
            method="reconstruction", guidance_weight=1.0, low_noise=None):
@@ -250,25 +273,9 @@ def sample(params, rng, text_tokens, text_mask, *, model, sched, config, num_fra
   cond_scale = s.cond_scale if cond_scale is None else cond_scale
   b = text_tokens.shape[0]
   shape = (b, num_frames or d.num_frames, image_size or d.image_size, image_size or d.image_size, 3)
-  cond = pooled({"text_tokens": text_tokens, "text_mask": text_mask})
-
-  def guided_fn(params, model):
-    def apply_fn(x, t, null, cond, tokens, mask):
-      return model.apply(params, x, t, cond, null_cond=null,
-                         **text_inputs(model, tokens, mask)).astype(jnp.float32)
-    guided = guidance.make_guided_fn(apply_fn, cond_scale)
-    return lambda x, t: guided(x, t, cond, text_tokens, text_mask)
-
-  prediction = config.diffusion.prediction
-  if low_noise is None:
-    model_fn = guided_fn(params, model)
-  else:
-    high_params, low_params = params
-    model_fn = experts.switch_x0_fn(
-        conditioning.model_x0_fn(guided_fn(high_params, model), sched, prediction),
-        conditioning.model_x0_fn(guided_fn(low_params, low_noise.model), sched, low_noise.prediction),
-        low_noise.switch_t)
-    prediction = "x0"
+  model_fn, prediction = guided_denoiser(params, text_tokens, text_mask, model=model, sched=sched,
+                                         prediction=config.diffusion.prediction, cond_scale=cond_scale,
+                                         low_noise=low_noise)
   common = dict(prediction=prediction, clip_denoised=s.clip_denoised)
   if observation is not None:
     rng, cond_rng = jax.random.split(rng)
