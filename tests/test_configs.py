@@ -90,6 +90,16 @@ def test_validation_lists_every_problem():
     validation.validate_vdm(c, num_devices=1)
   c.diffusion.loss = "l2"
   validation.validate_vdm(c, num_devices=1)
+  for t_range, needle in [((0.5, 0.5), "diffusion.t_range=(0.5, 0.5): needs 0 <= lo < hi <= 1"),
+                          ((0.5,), "diffusion.t_range must be () or (lo, hi)")]:
+    c.diffusion.t_range = t_range
+    with pytest.raises(validation.ConfigError, match=re.escape(needle)):
+      validation.validate_vdm(c, num_devices=1)
+  c.diffusion.t_range, c.diffusion.high_noise_prob = (0.0, 0.5), 0.5
+  with pytest.raises(validation.ConfigError, match="both say where to train"):
+    validation.validate_vdm(c, num_devices=1)
+  c.diffusion.high_noise_prob = 0.0
+  validation.validate_vdm(c, num_devices=1)
 
 
 def test_mesh_degrees_checked():

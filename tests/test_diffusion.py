@@ -477,6 +477,48 @@ def test_frame_timesteps_mix_shared_and_independent_per_frame_levels():
     losses.frame_timesteps(key, t, 8, 1000, 1.5)
 
 
+def test_t_range_trains_an_expert_on_its_noise_levels_only():
+  """diffusion.t_range (lo, hi): every training level, shared or per frame, lies in [lo T, hi T), rounded as
+  the expert switch is; the loss hands the model only those; () is the reference's draw, bit-exact."""
+  import flax.linen as nn
+  import ml_collections
+  from vidgen_jax.diffusion import experts, losses
+  from vidgen_jax.train import vdm
+  key = jax.random.key(7)
+  assert losses.timestep_window(1000, ()) == (0, 1000)
+  assert losses.timestep_window(1000, (0, 0.5)) == (0, experts.switch_index(0.5, 1000)) == (0, 500)
+  assert losses.timestep_window(1000, (0.25, 1)) == (250, 1000)
+  t = np.asarray(losses.sample_timesteps(key, 8000, 1000, t_range=(0.25, 0.5)))
+  assert t.min() == 250 and t.max() == 499 and abs(t.mean() - 374.5) < 3      # uniform over [250, 500)
+  np.testing.assert_array_equal(losses.sample_timesteps(key, 64, 1000, t_range=()),
+                                losses.sample_timesteps(key, 64, 1000))
+  ft = np.asarray(losses.frame_timesteps(key, jnp.asarray(t[:2000]), 8, 1000, 1.0, (0.25, 0.5)))
+  assert ft.min() == 250 and ft.max() == 499 and np.std(ft, axis=1).mean() > 40   # independent, inside
+  for bad in ((0.5, 0.5), (0.6, 0.4), (-0.1, 0.5), (0, 1.5), (0.5,), ("a", 1)):
+    with pytest.raises(ValueError, match="t_range"):
+      losses.timestep_window(1000, bad)
+  with pytest.raises(ValueError, match="not both"):
+    losses.sample_timesteps(key, 4, 1000, high_noise_prob=0.5, t_range=(0, 0.5))
+
+  seen = []
+
+  class Recorder(nn.Module):   # stands in for the U-Net: records the levels it is handed
+    @nn.compact
+    def __call__(self, x, t, cond, **unused):
+      seen.append(np.asarray(t))
+      return x * self.param("scale", nn.initializers.ones, ())
+
+  cfg = ml_collections.ConfigDict(dict(prediction="x0", loss="l2", cfg_drop_prob=0.0, prob_focus_present=0.0,
+                                       frame_noise_prob=0.5, t_range=(0.5, 1.0)))
+  batch = {"video": np.zeros((64, 3, 4, 4, 3), np.uint8), "text_tokens": np.ones((64, 2, 4), np.float32),
+           "text_mask": np.ones((64, 2), bool)}
+  sched = diffusion.make_schedule(1000, "cosine")
+  vdm.loss_fn({"params": {"scale": jnp.ones(())}}, Recorder(), sched, cfg, batch, jax.random.key(1))
+  levels = seen[-1]
+  assert levels.shape == (64, 3) and levels.min() >= 500 and levels.max() < 1000
+  assert not (levels == levels[:, :1]).all()                    # per-frame levels drawn inside the range
+
+
 def test_temporal_deviation_loss_weighs_only_the_error_that_changes_over_frames():
   from vidgen_jax.diffusion import losses
   b, f = 3, 5

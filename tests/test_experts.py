@@ -1,5 +1,7 @@
 """Expert denoisers by noise level: the pure switch, its wiring into `vdm.sample`, and the generator pair."""
+import copy
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -149,3 +151,37 @@ def test_sweep_files_of_a_split_sit_beside_the_models_own():
   assert names("cond_scale", "experts_s0.5") == ["sweep_experts_s0.5_cond_scale.json",
                                                  "sweep_experts_s0.5_cond_scale.png"]
   assert names("switch", "experts_s0") == ["sweep_switch.json", "sweep_switch.png"]
+
+
+def _trained_on(gen, t_range):
+  """The generator with its config saying it was trained on t_range only (diffusion.t_range)."""
+  run = copy.copy(gen.run)
+  run.config = copy.deepcopy(gen.config)
+  run.config.diffusion.t_range = t_range
+  return generate.Generator(run, gen.params, gen.step)
+
+
+def test_experts_trained_on_part_of_the_levels_sample_only_inside_a_split_that_covers_them(tmp_path, caplog):
+  high, low = (_trained_on(g, r) for g, r in zip(_pair(), ((0.5, 1.0), (0.0, 0.5))))
+  high.with_low_noise_expert(low, 0.5).check_full_chain()          # exactly complementary
+  high.with_low_noise_expert(_pair()[1], 0.7).check_full_chain()   # a low model trained on every level
+  with pytest.raises(ValueError, match=r"high-noise model was trained on the noise levels t/T in \[0.5, 1\) "
+                                       r"\(diffusion.t_range\) but would denoise t/T in \[0.4, 1\)"):
+    high.with_low_noise_expert(low, 0.4)
+  with pytest.raises(ValueError, match=r"low-noise model low was trained .* would denoise t/T in \[0, 0.6\)"):
+    high.with_low_noise_expert(low, 0.6, workdir="low")
+  with pytest.raises(ValueError, match="low-noise model"):
+    _pair()[0].with_low_noise_expert(low, 1.0)                     # switch 1: the low model alone
+  for alone in (high, low):
+    for sample in (lambda: alone.generate(["a red circle moving left"]),
+                   lambda: alone.generate_long([["a red circle moving left"]]),
+                   lambda: alone.upsample(np.zeros((1, 2, 8, 8, 3), np.uint8), ["a red circle moving left"])):
+      with pytest.raises(ValueError, match=r"this model was trained .* would denoise t/T in \[0, 1\)"):
+        sample()
+  # Training an expert writes no samples it cannot make, and says why.
+  from vidgen_jax.train import loop
+  state = types.SimpleNamespace(ema_params=low.params)
+  with caplog.at_level("INFO", logger="vidgen.train"):
+    assert loop.write_samples(low.run, state, tmp_path, 4) is None
+  assert "no training samples at step 4: this model was trained on the noise levels t/T in [0, 0.5)" in caplog.text
+  assert not (tmp_path / "samples").exists()

@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from vidgen_jax.diffusion import losses
+
 
 def switch_index(fraction: float, num_timesteps: int) -> int:
   """The schedule index at which the low-noise expert takes over, for a switch at t/T = `fraction`.
@@ -27,6 +29,24 @@ def switch_index(fraction: float, num_timesteps: int) -> int:
   if not 0.0 <= fraction <= 1.0:
     raise ValueError(f"the expert switch is a noise level t/T in [0, 1], got {fraction}")
   return int(round(fraction * num_timesteps))
+
+
+def trained_window(diffusion_cfg, num_timesteps: int):
+  """[lo, hi) schedule indices a model was trained on (diffusion.t_range; every level for configs before it)."""
+  return losses.timestep_window(num_timesteps, tuple(diffusion_cfg.get("t_range", ()) or ()))
+
+
+def _levels(window, num_timesteps):
+  return f"t/T in [{window[0] / num_timesteps:g}, {window[1] / num_timesteps:g})"
+
+
+def check_covers(window, needed, num_timesteps: int, who: str):
+  """Raises ValueError unless a model trained on schedule indices `window` = [lo, hi) covers the indices
+  `needed` = [lo, hi) a sampler will ask it for (nothing is needed when needed is empty)."""
+  if needed[0] < needed[1] and (window[0] > needed[0] or window[1] < needed[1]):
+    raise ValueError(f"{who} was trained on the noise levels {_levels(window, num_timesteps)} "
+                     f"(diffusion.t_range) but would denoise {_levels(needed, num_timesteps)}: pair it in an "
+                     "expert split whose other model covers the rest (--low-noise-workdir, --switch)")
 
 
 def switch_x0_fn(high_x0_fn, low_x0_fn, switch_t):

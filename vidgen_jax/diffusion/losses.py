@@ -7,19 +7,43 @@ from vidgen_jax.diffusion import gaussian
 LOSS_TYPES = ("l1", "l2")
 
 
-def sample_timesteps(rng, batch, num_timesteps, high_noise_prob=0.0, high_noise_from=0.8):
+def timestep_window(num_timesteps, t_range=()):
+  """[lo, hi) schedule indices of the noise levels t/T in `t_range` = (lo, hi) (() = all: [0, T)).
+
+  A model trained on a window is an expert for those levels only (eDiff-I): `sample_timesteps` and
+  `frame_timesteps` draw from it, and `experts` checks that a sampler never asks it for a level outside it.
+  The fractions are rounded to indices as `experts.switch_index` rounds the switch, so an expert trained on
+  (0, s) covers exactly the steps a split at s gives it."""
+  if not t_range:
+    return 0, num_timesteps
+  if len(t_range) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in t_range):
+    raise ValueError(f"t_range must be () or (lo, hi), fractions of the noise levels, got {t_range!r}")
+  lo, hi = int(round(float(t_range[0]) * num_timesteps)), int(round(float(t_range[1]) * num_timesteps))
+  if not 0 <= lo < hi <= num_timesteps:
+    raise ValueError(f"t_range={tuple(t_range)}: needs 0 <= lo < hi <= 1 with at least one of the "
+                     f"{num_timesteps} timesteps between them")
+  return lo, hi
+
+
+def sample_timesteps(rng, batch, num_timesteps, high_noise_prob=0.0, high_noise_from=0.8, t_range=()):
   """(batch,) int training timesteps: uniform over [0, T) (the reference), except that with probability
   `high_noise_prob` a sample's t is uniform over the top of the range, [high_noise_from * T, T).
 
   Drawing more samples where the noise is high spends more of the training on the levels at which the
   sampler decides a video's layout and motion (where the text matters most); the loss stays a plain mean.
+  t_range = (lo, hi) draws uniformly over t/T in [lo, hi) instead (`timestep_window`): an expert for those
+  levels. It and high_noise_prob are two ways to say where to train, so only one may be given.
   """
   if not 0.0 <= high_noise_prob <= 1.0:
     raise ValueError(f"high_noise_prob must be in [0, 1], got {high_noise_prob}")
   start = int(round(high_noise_from * num_timesteps))
   if not 0 <= start < num_timesteps:
     raise ValueError(f"high_noise_from must be in [0, 1) of the {num_timesteps} timesteps, got {high_noise_from}")
-  t = jax.random.randint(rng, (batch,), 0, num_timesteps)
+  if t_range and high_noise_prob:
+    raise ValueError("give either t_range (train on those noise levels only) or high_noise_prob (more samples "
+                     "at high noise), not both")
+  lo, hi = timestep_window(num_timesteps, t_range)
+  t = jax.random.randint(rng, (batch,), lo, hi)
   if high_noise_prob == 0.0:
     return t
   k_high, k_pick = jax.random.split(jax.random.fold_in(rng, 1))
@@ -27,21 +51,23 @@ def sample_timesteps(rng, batch, num_timesteps, high_noise_prob=0.0, high_noise_
   return jnp.where(jax.random.bernoulli(k_pick, high_noise_prob, (batch,)), high, t)
 
 
-def frame_timesteps(rng, t, frames, num_timesteps, frame_noise_prob):
+def frame_timesteps(rng, t, frames, num_timesteps, frame_noise_prob, t_range=()):
   """(B, frames) per-frame timesteps: with probability `frame_noise_prob` a sample's frames get independent
   uniform timesteps over [0, T) (Diffusion Forcing, Chen et al. 2024), otherwise every frame gets t (B,).
 
   Mixed noise levels inside a clip train the model to continue the video from the frames it sees well into
   the ones it barely sees, the same skill video prediction and pyramid sampling (`sample.frame_offset`) ask
-  of it; the shared-t samples keep it a plain video denoiser. frame_noise_prob=0 returns t tiled.
+  of it; the shared-t samples keep it a plain video denoiser. frame_noise_prob=0 returns t tiled. With
+  t_range the independent levels stay inside it too (`timestep_window`).
   """
   if not 0.0 <= frame_noise_prob <= 1.0:
     raise ValueError(f"frame_noise_prob must be in [0, 1], got {frame_noise_prob}")
   tiled = jnp.broadcast_to(t[:, None], (t.shape[0], frames))
   if frame_noise_prob == 0.0:
     return tiled
+  lo, hi = timestep_window(num_timesteps, t_range)
   k_t, k_pick = jax.random.split(rng)
-  independent = jax.random.randint(k_t, (t.shape[0], frames), 0, num_timesteps)
+  independent = jax.random.randint(k_t, (t.shape[0], frames), lo, hi)
   pick = jax.random.bernoulli(k_pick, frame_noise_prob, (t.shape[0], 1))
   return jnp.where(pick, independent, tiled)
 

@@ -17,6 +17,10 @@ log = logging.getLogger("vidgen.sample")
 DEFAULT_RECONSTRUCTION_WEIGHT = 5.0   # configs/vdm_shapes.py sample.reconstruction_weight
 
 
+class SamplesUnavailable(ValueError):
+  """A model that cannot make training samples by itself (an expert for some noise levels only)."""
+
+
 class Generator:
   """Samples videos for text prompts with a workdir's EMA parameters.
 
@@ -43,10 +47,12 @@ class Generator:
     if self.low_noise is not None or expert.low_noise is not None:
       raise ValueError("an expert split pairs two single models; neither may already be a split")
     check_experts_compatible(self.run, expert.run)
+    num_timesteps = self.run.sched.num_timesteps
+    switch_t = experts.switch_index(switch, num_timesteps)
+    experts.check_covers(self.noise_window, (switch_t, num_timesteps), num_timesteps, "the high-noise model")
+    experts.check_covers(expert.noise_window, (0, switch_t), num_timesteps, f"the low-noise model {workdir}".strip())
     split = Generator(self.run, (self.params, expert.params), self.step, self.chunk)
-    split.low_noise = experts.LowNoiseExpert(
-        expert.run.model, expert.config.diffusion.prediction,
-        experts.switch_index(switch, self.run.sched.num_timesteps))
+    split.low_noise = experts.LowNoiseExpert(expert.run.model, expert.config.diffusion.prediction, switch_t)
     split.experts = {"low_noise_workdir": str(workdir), "low_noise_step": expert.step, "switch": float(switch),
                      "low_noise_prediction": expert.config.diffusion.prediction,
                      "high_noise_prediction": self.config.diffusion.prediction}
@@ -57,12 +63,29 @@ class Generator:
   def config(self):
     return self.run.config
 
+  @property
+  def noise_window(self):
+    """[lo, hi) schedule indices the model was trained on (diffusion.t_range; of the high-noise model of a
+    split)."""
+    return experts.trained_window(self.config.diffusion, self.run.sched.num_timesteps)
+
+  def check_full_chain(self):
+    """Raises ValueError unless sampling from pure noise to a clean video stays within the noise levels the
+    model (or the split's two models) trained on: an expert for some levels samples only inside a split."""
+    if self.low_noise is None:
+      num_timesteps = self.run.sched.num_timesteps
+      experts.check_covers(self.noise_window, (0, num_timesteps), num_timesteps, "this model")
+
   @classmethod
   def from_run(cls, run, state, step: int):
     return cls(run, state.ema_params, step)
 
   def training_samples(self, seed: int = 0):
     """(videos, labels) written during training: one video per config.sample.prompts entry."""
+    try:
+      self.check_full_chain()
+    except ValueError as e:
+      raise SamplesUnavailable(str(e)) from None
     prompts = list(self.config.sample.prompts)
     return self.generate(prompts, seed=seed), prompts
 
@@ -92,6 +115,7 @@ class Generator:
     prompts = [str(p) for p in prompts]
     if not prompts:
       raise ValueError("no prompts given")
+    self.check_full_chain()
     batch = min(self.chunk, len(prompts))
     fn = self._fn(batch, sampler, steps, cond_scale, frame_offset)
     out = []
@@ -146,6 +170,7 @@ class Generator:
     default config.sample.reconstruction_weight), 'replacement', or 'clean' (known frames enter the model
     noise-free at timestep 0: needs a model trained with diffusion.frame_noise_prob > 0).
     """
+    self.check_full_chain()
     configs = [self.config] + ([self.expert_config] if self.low_noise is not None else [])
     if method == "clean" and not all(c.diffusion.get("frame_noise_prob", 0.0) for c in configs):
       raise ValueError("method 'clean' feeds known frames at timestep 0 while the others are noisy: it needs a "
@@ -186,6 +211,7 @@ class Generator:
                cond_scale=None) -> np.ndarray:
     """Super-resolution by reconstruction guidance: uint8 (N, T, h, w, 3) -> (N, T, H, W, 3) at the model's
     image size, whose average pooling by H/h reproduces the input."""
+    self.check_full_chain()
     lowres = np.asarray(lowres)
     size = self.config.data.image_size
     if lowres.ndim != 5 or lowres.shape[0] != len(prompts) or lowres.shape[2] != lowres.shape[3] \
@@ -240,7 +266,10 @@ def load_generator(workdir, step=None, *, low_noise_workdir=None, low_noise_step
   if low_noise_workdir is None:
     if low_noise_step is not None:
       raise ValueError("a low-noise step needs a low-noise workdir")
-    return generator_class(ckpt_lib.read_config(workdir)).from_workdir(workdir, step=step)
+    gen = generator_class(ckpt_lib.read_config(workdir)).from_workdir(workdir, step=step)
+    if isinstance(gen, Generator):
+      gen.check_full_chain()     # refused here, before an evaluation spends anything
+    return gen
   for w in (workdir, low_noise_workdir):   # both configs checked before either checkpoint is restored
     family = ckpt_lib.read_config(w).get("family", "vdm")
     if family != "vdm":

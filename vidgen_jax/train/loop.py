@@ -162,7 +162,11 @@ def _report(run, state, metrics, step, progress, writer):
 def write_samples(run, state, workdir, step, writer=None, seed=0):
   """The family's training samples (text to video: config.sample.prompts) from the EMA parameters, into
   workdir/samples/step_<N>.{gif,npz}."""
-  videos, prompts = generate.generator_class(run.config).from_run(run, state, step).training_samples(seed)
+  try:
+    videos, prompts = generate.generator_class(run.config).from_run(run, state, step).training_samples(seed)
+  except generate.SamplesUnavailable as e:
+    log.info("no training samples at step %d: %s", step, e)
+    return None
   if jax.process_index() != 0:
     return videos
   out = pathlib.Path(workdir) / "samples"

@@ -2,6 +2,7 @@
 import math
 
 from vidgen_jax.data import moving_shapes
+from vidgen_jax.diffusion import losses
 from vidgen_jax.parallel.mesh import resolve_mesh_shape
 from vidgen_jax.parallel.sharding import SHARDING_PRESETS
 from vidgen_jax.train import state as state_lib
@@ -129,6 +130,15 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
     elif df.loss != "l2":
       p.append(f"diffusion.loss_snr_clip={clip} weighs squared errors by SNR, so it needs diffusion.loss='l2', "
                f"got {df.loss!r}")
+  t_range = tuple(df.get("t_range", ()) or ())
+  if t_range:
+    try:
+      losses.timestep_window(df.timesteps, t_range)
+    except ValueError as e:
+      p.append(f"diffusion.{e}; () trains on every level")
+    if df.get("high_noise_prob", 0.0):
+      p.append(f"diffusion.t_range={t_range} and diffusion.high_noise_prob={df.high_noise_prob} both say where "
+               "to train: give one of them")
   if not 0.0 <= df.get("high_noise_from", 0.8) < 1.0:
     p.append(f"diffusion.high_noise_from={df.high_noise_from}: must be a fraction of the timesteps in [0, 1)")
 

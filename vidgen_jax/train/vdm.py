@@ -167,6 +167,7 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   num_images > 0 trains jointly on videos and images (`append_images`); condition dropout is then drawn
   per group (the video and each image independently), the timestep per sample. diffusion.frame_noise_prob
   > 0 gives that fraction of the samples one independent timestep per frame (`losses.frame_timesteps`).
+  diffusion.t_range (lo, hi) trains on the noise levels t/T in [lo, hi) only (an expert, `diffusion.experts`).
   diffusion.temporal_loss_weight λ > 0 adds λ times the error's deviation from its per-clip frame mean
   (`losses.temporal_deviation_loss`, over the video frames only). diffusion.loss_snr_clip (lo, hi) weighs
   each sample's (or frame's) loss by clip(SNR, lo, hi) in units of the clean video's squared error
@@ -177,11 +178,12 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   batch = append_images(batch, num_images, k_images)
   x0 = to_model_space(batch["video"])
   b, frames = x0.shape[:2]
+  t_range = tuple(diffusion_cfg.get("t_range", ()) or ())
   t = losses.sample_timesteps(k_t, b, sched.num_timesteps, diffusion_cfg.get("high_noise_prob", 0.0),
-                              diffusion_cfg.get("high_noise_from", 0.8))
+                              diffusion_cfg.get("high_noise_from", 0.8), t_range)
   frame_noise_prob = diffusion_cfg.get("frame_noise_prob", 0.0)
   if frame_noise_prob:
-    t = losses.frame_timesteps(k_frame_t, t, frames, sched.num_timesteps, frame_noise_prob)
+    t = losses.frame_timesteps(k_frame_t, t, frames, sched.num_timesteps, frame_noise_prob, t_range)
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = gaussian.q_sample(sched, x0, t, noise)
   target = losses.training_target(sched, x0, t, noise, diffusion_cfg.prediction)
