@@ -113,7 +113,9 @@ def test_expert_flags_are_checked_before_anything_loads(workdir, tmp_path, capsy
                         (["sample", "--workdir", nowhere, "--prompt", "x", "--out", "x.gif", "--low-noise-step",
                           "4"], "--low-noise-step needs --low-noise-workdir"),
                         (["sample", "--workdir", nowhere, "--prompt", "x", "--out", "x.gif", "--low-noise-workdir",
-                          nowhere, "--switch", "2"], "a noise level t/T in [0, 1]")):
+                          nowhere, "--switch", "2"], "a noise level t/T in [0, 1]"),
+                        (["sample", "--workdir", nowhere, "--prompt", "x", "--out", "x.gif", "--low-noise-cond-scale",
+                          "1"], "--low-noise-cond-scale needs --low-noise-workdir")):
     assert cli.main(argv) == 2 and message in capsys.readouterr().err
 
 

@@ -88,6 +88,27 @@ def test_vdm_sample_splits_the_steps_between_two_parametrisations(switch):
       assert np.abs(np.asarray(split) - np.asarray(alone)).max() > 1e-2
 
 
+class _TextModel(_LinearModel):
+  """_LinearModel plus params['text'] unless the condition is dropped: the guided output is then
+  scale · x + bias + cond_scale · text, which shows the guidance weight each expert ran with."""
+
+  def apply(self, params, x, t, cond, null_cond, text_tokens, text_mask):
+    text = jnp.where(null_cond.reshape((-1,) + (1,) * (x.ndim - 1)), 0.0, params["text"])
+    return super().apply(params, x, t, cond, null_cond, text_tokens, text_mask) + text
+
+
+def test_the_low_noise_expert_has_its_own_guidance_weight():
+  sched = schedules.make_schedule(100, kind="cosine")
+  hp, lp = {"bias": jnp.float32(0.1), "text": jnp.float32(0.05)}, {"bias": jnp.float32(-0.2), "text": jnp.float32(0.04)}
+  tokens, mask, z = jnp.ones((2, 3, 5)), jnp.ones((2, 3), bool), jnp.zeros((2, 2, 4, 4, 3))
+  x0 = lambda low_scale, t: vdm.guided_denoiser(
+      (hp, lp), tokens, mask, model=_TextModel(0.3), sched=sched, prediction="x0", cond_scale=3.0,
+      low_noise=experts.LowNoiseExpert(_TextModel(-0.5), "x0", 50, low_scale))[0](z, jnp.full((2,), t))
+  np.testing.assert_allclose(x0(1.0, 70), 0.1 + 3.0 * 0.05, rtol=1e-6)     # high noise: the sampler's 3
+  np.testing.assert_allclose(x0(1.0, 20), -0.2 + 1.0 * 0.04, rtol=1e-6)    # low noise: its own 1
+  np.testing.assert_allclose(x0(None, 20), -0.2 + 3.0 * 0.04, rtol=1e-6)   # None: the sampler's
+
+
 def _generator(prediction, seed, **changes):
   config = micro_config(image_size=16)
   config.diffusion.prediction = prediction
@@ -111,6 +132,11 @@ def test_generator_split_at_one_is_the_low_noise_model_alone():
   prompts = ["a red circle moving left", "a blue square growing"]
   split = high.with_low_noise_expert(low, 1.0, workdir="low")
   assert split.tag == "experts_s1" and split.experts["low_noise_prediction"] == "v"
+  guided = high.with_low_noise_expert(low, 0.5, workdir="low", cond_scale=1)
+  assert guided.tag == "experts_s0.5_g1" and guided.experts["low_noise_cond_scale"] == 1.0
+  assert guided.low_noise.cond_scale == 1.0 and "low_noise_cond_scale" not in split.experts
+  with pytest.raises(ValueError, match="guidance weight must be >= 0"):
+    high.with_low_noise_expert(low, 0.5, cond_scale=-1)
   got, alone = split.generate(prompts, seed=3), low.generate(prompts, seed=3)
   assert got.shape == alone.shape == (2, 2, 16, 16, 3)
   assert np.abs(got.astype(int) - alone.astype(int)).max() <= 1

@@ -194,6 +194,8 @@ def _sampling_flags(p):
   x.add_argument("--switch", type=float, default=0.5,
                  help="the noise level t/T in [0, 1] where the low-noise model takes over (0: --workdir's "
                       "model alone, 1: the low-noise model alone)")
+  x.add_argument("--low-noise-cond-scale", type=float, default=None, metavar="W",
+                 help="the low-noise model's own classifier-free guidance weight (default: --cond-scale)")
 
 
 def _check_frame_offset(args, family, conditional):
@@ -210,13 +212,16 @@ def _check_frame_offset(args, family, conditional):
 def _experts(args):
   """load_generator's expert-split arguments from the flags, or None; a stray flag is a clear error."""
   if args.low_noise_workdir is None:
-    if args.low_noise_step is not None:
-      raise ValueError("--low-noise-step needs --low-noise-workdir")
+    for flag in ("low_noise_step", "low_noise_cond_scale"):
+      if getattr(args, flag) is not None:
+        raise ValueError(f"--{flag.replace('_', '-')} needs --low-noise-workdir")
     return None
   if not 0.0 <= args.switch <= 1.0:
     raise ValueError(f"--switch {args.switch}: a noise level t/T in [0, 1]")
+  if args.low_noise_cond_scale is not None and not args.low_noise_cond_scale >= 0:
+    raise ValueError(f"--low-noise-cond-scale {args.low_noise_cond_scale}: a guidance weight >= 0")
   return {"low_noise_workdir": args.low_noise_workdir, "low_noise_step": args.low_noise_step,
-          "switch": args.switch}
+          "switch": args.switch, "low_noise_cond_scale": args.low_noise_cond_scale}
 
 
 def _split_overrides(argv):

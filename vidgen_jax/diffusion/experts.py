@@ -64,7 +64,9 @@ def switch_x0_fn(high_x0_fn, low_x0_fn, switch_t):
 @dataclass(frozen=True)
 class LowNoiseExpert:
   """The second denoiser of an expert split: a model (its `apply` takes the same inputs as the first), its
-  parametrisation ('eps', 'v' or 'x0') and the schedule index below which it runs (`switch_index`)."""
+  parametrisation ('eps', 'v' or 'x0'), the schedule index below which it runs (`switch_index`) and its
+  classifier-free guidance weight (None: the sampler's, as the high-noise model's)."""
   model: Any
   prediction: str
   switch_t: int
+  cond_scale: float | None = None

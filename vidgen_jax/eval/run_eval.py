@@ -217,9 +217,9 @@ def sweep(workdir, name: str, values, num_samples=None, seed: int = 0, step=None
   from vidgen_jax.sample import generate
   experts = dict(experts or {})
   if name == "switch":   # both models restored once; each value pairs them anew
-    high = generate.load_generator(workdir, step=step)
-    low = generate.load_generator(experts["low_noise_workdir"], step=experts.get("low_noise_step"))
-    gens = [high.with_low_noise_expert(low, v, workdir=experts["low_noise_workdir"]) for v in values]
+    high, low = generate.load_experts(workdir, step, experts["low_noise_workdir"], experts.get("low_noise_step"))
+    gens = [high.with_low_noise_expert(low, v, workdir=experts["low_noise_workdir"],
+                                       cond_scale=experts.get("low_noise_cond_scale")) for v in values]
   else:
     gens = [generate.load_generator(workdir, step=step, **experts)] * len(values)   # restored once
   rows = []

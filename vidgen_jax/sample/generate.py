@@ -35,15 +35,23 @@ class Generator:
 
   @property
   def tag(self) -> str:
-    """A name for what samples: '' for one model, 'experts_s<switch>' for a split (eval directory names)."""
-    return "" if self.experts is None else f"experts_s{self.experts['switch']:g}"
+    """A name for what samples: '' for one model, 'experts_s<switch>' for a split, '..._g<scale>' when its
+    low-noise model has its own guidance weight (eval directory names)."""
+    if self.experts is None:
+      return ""
+    scale = self.experts.get("low_noise_cond_scale")
+    return f"experts_s{self.experts['switch']:g}" + ("" if scale is None else f"_g{scale:g}")
 
-  def with_low_noise_expert(self, expert: "Generator", switch: float, workdir: str = "") -> "Generator":
+  def with_low_noise_expert(self, expert: "Generator", switch: float, workdir: str = "",
+                            cond_scale: float | None = None) -> "Generator":
     """A generator whose steps at noise level t/T >= `switch` run this model and the others `expert`'s.
 
     The two may differ in parametrisation and architecture but must share the noise schedule, the text
     encoder and the video shape (a clear error otherwise). switch 0 samples with this model alone, 1 with
-    the expert alone."""
+    the expert alone. `cond_scale` guides the expert's steps with their own classifier-free guidance weight
+    (None: the one the sampler is given for both)."""
+    if cond_scale is not None and not cond_scale >= 0:
+      raise ValueError(f"the low-noise guidance weight must be >= 0, got {cond_scale}")
     if self.low_noise is not None or expert.low_noise is not None:
       raise ValueError("an expert split pairs two single models; neither may already be a split")
     check_experts_compatible(self.run, expert.run)
@@ -52,10 +60,13 @@ class Generator:
     experts.check_covers(self.noise_window, (switch_t, num_timesteps), num_timesteps, "the high-noise model")
     experts.check_covers(expert.noise_window, (0, switch_t), num_timesteps, f"the low-noise model {workdir}".strip())
     split = Generator(self.run, (self.params, expert.params), self.step, self.chunk)
-    split.low_noise = experts.LowNoiseExpert(expert.run.model, expert.config.diffusion.prediction, switch_t)
+    split.low_noise = experts.LowNoiseExpert(expert.run.model, expert.config.diffusion.prediction, switch_t,
+                                             None if cond_scale is None else float(cond_scale))
     split.experts = {"low_noise_workdir": str(workdir), "low_noise_step": expert.step, "switch": float(switch),
                      "low_noise_prediction": expert.config.diffusion.prediction,
                      "high_noise_prediction": self.config.diffusion.prediction}
+    if cond_scale is not None:
+      split.experts["low_noise_cond_scale"] = float(cond_scale)
     split.expert_config = expert.config
     return split
 
@@ -258,21 +269,29 @@ def check_experts_compatible(high_run, low_run):
     raise ValueError(f"the experts read text with different encoders: {ht} against {lt}")
 
 
-def load_generator(workdir, step=None, *, low_noise_workdir=None, low_noise_step=None, switch=0.5):
+def load_generator(workdir, step=None, *, low_noise_workdir=None, low_noise_step=None, switch=0.5,
+                   low_noise_cond_scale=None):
   """The generator of any model family's workdir (its config.json's `family` picks the class).
 
   With `low_noise_workdir`, a video-diffusion expert split: this workdir's model denoises the steps at
-  t/T >= switch, `low_noise_workdir`'s (checkpoint `low_noise_step`, default latest) the rest."""
+  t/T >= switch, `low_noise_workdir`'s (checkpoint `low_noise_step`, default latest) the rest, guided with
+  `low_noise_cond_scale` if given."""
   if low_noise_workdir is None:
-    if low_noise_step is not None:
-      raise ValueError("a low-noise step needs a low-noise workdir")
+    if low_noise_step is not None or low_noise_cond_scale is not None:
+      raise ValueError("a low-noise step or guidance weight needs a low-noise workdir")
     gen = generator_class(ckpt_lib.read_config(workdir)).from_workdir(workdir, step=step)
     if isinstance(gen, Generator):
       gen.check_full_chain()     # refused here, before an evaluation spends anything
     return gen
-  for w in (workdir, low_noise_workdir):   # both configs checked before either checkpoint is restored
+  gen, expert = load_experts(workdir, step, low_noise_workdir, low_noise_step)
+  return gen.with_low_noise_expert(expert, switch, workdir=str(low_noise_workdir), cond_scale=low_noise_cond_scale)
+
+
+def load_experts(workdir, step, low_noise_workdir, low_noise_step):
+  """The two generators of an expert split, not yet paired (a sweep pairs them at several switches); their
+  families are checked from config.json before either checkpoint is restored."""
+  for w in (workdir, low_noise_workdir):
     family = ckpt_lib.read_config(w).get("family", "vdm")
     if family != "vdm":
       raise ValueError(f"an expert split pairs two video-diffusion workdirs; {w} is a {family!r} workdir")
-  gen, expert = (Generator.from_workdir(w, step=s) for w, s in ((workdir, step), (low_noise_workdir, low_noise_step)))
-  return gen.with_low_noise_expert(expert, switch, workdir=str(low_noise_workdir))
+  return tuple(Generator.from_workdir(w, step=s) for w, s in ((workdir, step), (low_noise_workdir, low_noise_step)))

@@ -239,10 +239,11 @@ def guided_denoiser(params, text_tokens, text_mask, *, model, sched, prediction,
   """(model_fn(x_t, t) -> raw output, its parametrisation): the classifier-free-guided model for these prompts.
 
   With `low_noise` (an `experts.LowNoiseExpert`; `params` is then the pair (this model's, the expert's)) the
-  function is the expert split's x̂0 predictor, and the parametrisation 'x0'."""
+  function is the expert split's x̂0 predictor, and the parametrisation 'x0'; the expert's steps are guided
+  with its own cond_scale where it has one."""
   cond = pooled({"text_tokens": text_tokens, "text_mask": text_mask})
 
-  def guided_fn(params, model):
+  def guided_fn(params, model, cond_scale=cond_scale):
     def apply_fn(x, t, null, cond, tokens, mask):
       return model.apply(params, x, t, cond, null_cond=null,
                          **text_inputs(model, tokens, mask)).astype(jnp.float32)
@@ -254,7 +255,8 @@ def guided_denoiser(params, text_tokens, text_mask, *, model, sched, prediction,
   high_params, low_params = params
   return experts.switch_x0_fn(
       conditioning.model_x0_fn(guided_fn(high_params, model), sched, prediction),
-      conditioning.model_x0_fn(guided_fn(low_params, low_noise.model), sched, low_noise.prediction),
+      conditioning.model_x0_fn(guided_fn(low_params, low_noise.model, cond_scale if low_noise.cond_scale is None
+                                         else low_noise.cond_scale), sched, low_noise.prediction),
       low_noise.switch_t), "x0"
 
 
