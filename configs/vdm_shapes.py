@@ -144,7 +144,8 @@ def get_config(arg=None):
   # decides layout and motion. Measured on the demo (0.5, with frame_cond_mlp=128): motion 10 / 4%, worse.
   c.diffusion.high_noise_prob = v.get("high_noise_prob", 0.0)
   c.diffusion.high_noise_from = 0.8
-  # (lo, hi): train on the noise levels t/T in [lo, hi) only, an expert for them (eDiff-I, our addition).
+  # (lo, hi): train on the noise levels t/T in [lo, hi) only, an expert for them (eDiff-I, our addition);
+  # with per-frame levels the noisiest frame's is in [lo, hi), the others anywhere below hi.
   # Such a model samples only inside an expert split: e.g. a fine-tune with (0, 0.5) is the
   # --low-noise-workdir of a split at --switch 0.5 or below (docs/ablations.md). () = every level.
   c.diffusion.t_range = v.get("t_range", ())

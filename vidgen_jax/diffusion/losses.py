@@ -57,8 +57,12 @@ def frame_timesteps(rng, t, frames, num_timesteps, frame_noise_prob, t_range=())
 
   Mixed noise levels inside a clip train the model to continue the video from the frames it sees well into
   the ones it barely sees, the same skill video prediction and pyramid sampling (`sample.frame_offset`) ask
-  of it; the shared-t samples keep it a plain video denoiser. frame_noise_prob=0 returns t tiled. With
-  t_range the independent levels stay inside it too (`timestep_window`).
+  of it; the shared-t samples keep it a plain video denoiser. frame_noise_prob=0 returns t tiled.
+
+  With t_range = (lo, hi) (an expert, `timestep_window`) a clip's noisiest frame lies in [lo, hi), the rule by
+  which an expert split picks the model (`experts.switch_x0_fn`); its other frames are uniform over [0, hi),
+  so a high-noise expert still sees clean and nearly clean frames next to noisy ones, as video prediction by
+  `clean` hands it. One frame, drawn at random, gets a level in [lo, hi), the others [0, hi).
   """
   if not 0.0 <= frame_noise_prob <= 1.0:
     raise ValueError(f"frame_noise_prob must be in [0, 1], got {frame_noise_prob}")
@@ -67,7 +71,12 @@ def frame_timesteps(rng, t, frames, num_timesteps, frame_noise_prob, t_range=())
     return tiled
   lo, hi = timestep_window(num_timesteps, t_range)
   k_t, k_pick = jax.random.split(rng)
-  independent = jax.random.randint(k_t, (t.shape[0], frames), lo, hi)
+  independent = jax.random.randint(k_t, (t.shape[0], frames), 0, hi)
+  if lo > 0:
+    k_top, k_where = jax.random.split(jax.random.fold_in(k_t, 1))
+    top = jax.random.randint(k_top, (t.shape[0], 1), lo, hi)
+    where = jax.random.randint(k_where, (t.shape[0], 1), 0, frames)
+    independent = jnp.where(jnp.arange(frames)[None] == where, top, independent)
   pick = jax.random.bernoulli(k_pick, frame_noise_prob, (t.shape[0], 1))
   return jnp.where(pick, independent, tiled)
 
