@@ -33,7 +33,7 @@ def switch_index(fraction: float, num_timesteps: int) -> int:
 
 def trained_window(diffusion_cfg, num_timesteps: int):
   """[lo, hi) schedule indices a model was trained on (diffusion.t_range; every level for configs before it)."""
-  return losses.timestep_window(num_timesteps, tuple(diffusion_cfg.get("t_range", ()) or ()))
+  return losses.timestep_window(num_timesteps, losses.config_t_range(diffusion_cfg))
 
 
 def _levels(window, num_timesteps):

@@ -7,6 +7,11 @@ from vidgen_jax.diffusion import gaussian
 LOSS_TYPES = ("l1", "l2")
 
 
+def config_t_range(diffusion_cfg) -> tuple:
+  """A config's diffusion.t_range as a tuple; () (every level) for configs written before it existed."""
+  return tuple(diffusion_cfg.get("t_range", ()) or ())
+
+
 def timestep_window(num_timesteps, t_range=()):
   """[lo, hi) schedule indices of the noise levels t/T in `t_range` = (lo, hi) (() = all: [0, T)).
 

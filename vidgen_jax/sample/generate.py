@@ -50,6 +50,7 @@ class Generator:
     encoder and the video shape (a clear error otherwise). switch 0 samples with this model alone, 1 with
     the expert alone. `cond_scale` guides the expert's steps with their own classifier-free guidance weight
     (None: the one the sampler is given for both)."""
+    cond_scale = None if cond_scale is None else float(cond_scale)
     if cond_scale is not None and not cond_scale >= 0:
       raise ValueError(f"the low-noise guidance weight must be >= 0, got {cond_scale}")
     if self.low_noise is not None or expert.low_noise is not None:
@@ -61,12 +62,12 @@ class Generator:
     experts.check_covers(expert.noise_window, (0, switch_t), num_timesteps, f"the low-noise model {workdir}".strip())
     split = Generator(self.run, (self.params, expert.params), self.step, self.chunk)
     split.low_noise = experts.LowNoiseExpert(expert.run.model, expert.config.diffusion.prediction, switch_t,
-                                             None if cond_scale is None else float(cond_scale))
+                                             cond_scale)
     split.experts = {"low_noise_workdir": str(workdir), "low_noise_step": expert.step, "switch": float(switch),
                      "low_noise_prediction": expert.config.diffusion.prediction,
                      "high_noise_prediction": self.config.diffusion.prediction}
     if cond_scale is not None:
-      split.experts["low_noise_cond_scale"] = float(cond_scale)
+      split.experts["low_noise_cond_scale"] = cond_scale
     split.expert_config = expert.config
     return split
 

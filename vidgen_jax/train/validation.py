@@ -130,7 +130,7 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
     elif df.loss != "l2":
       p.append(f"diffusion.loss_snr_clip={clip} weighs squared errors by SNR, so it needs diffusion.loss='l2', "
                f"got {df.loss!r}")
-  t_range = tuple(df.get("t_range", ()) or ())
+  t_range = losses.config_t_range(df)
   if t_range:
     try:
       losses.timestep_window(df.timesteps, t_range)

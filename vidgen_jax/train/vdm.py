@@ -178,7 +178,7 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   batch = append_images(batch, num_images, k_images)
   x0 = to_model_space(batch["video"])
   b, frames = x0.shape[:2]
-  t_range = tuple(diffusion_cfg.get("t_range", ()) or ())
+  t_range = losses.config_t_range(diffusion_cfg)
   t = losses.sample_timesteps(k_t, b, sched.num_timesteps, diffusion_cfg.get("high_noise_prob", 0.0),
                               diffusion_cfg.get("high_noise_from", 0.8), t_range)
   frame_noise_prob = diffusion_cfg.get("frame_noise_prob", 0.0)
