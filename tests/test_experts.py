@@ -179,11 +179,13 @@ def test_sweep_files_of_a_split_sit_beside_the_models_own():
   assert names("switch", "experts_s0") == ["sweep_switch.json", "sweep_switch.png"]
 
 
-def _trained_on(gen, t_range):
-  """The generator with its config saying it was trained on t_range only (diffusion.t_range)."""
+def _trained_on(gen, t_range, init_from=""):
+  """The generator with its config saying it was trained on t_range only (diffusion.t_range), fine-tuned from
+  `init_from`."""
   run = copy.copy(gen.run)
   run.config = copy.deepcopy(gen.config)
   run.config.diffusion.t_range = t_range
+  run.config.train.init_from = str(init_from)
   return generate.Generator(run, gen.params, gen.step)
 
 
@@ -211,3 +213,35 @@ def test_experts_trained_on_part_of_the_levels_sample_only_inside_a_split_that_c
     assert loop.write_samples(low.run, state, tmp_path, 4) is None
   assert "no training samples at step 4: this model was trained on the noise levels t/T in [0, 0.5)" in caplog.text
   assert not (tmp_path / "samples").exists()
+
+
+def test_an_expert_writes_training_samples_with_the_model_it_was_fine_tuned_from(tmp_path, caplog):
+  """Training samples of an expert come from the split with its train.init_from source on the other levels:
+  the same videos as that split built by hand; and a clear refusal where no such split exists."""
+  from vidgen_jax import configs
+  from vidgen_jax.train import checkpoint as ckpt_lib
+  from vidgen_jax.train import loop
+  source_gen, v_model = _pair()
+  source = tmp_path / "source"
+  source.mkdir()
+  (source / "config.json").write_text(configs.to_json(source_gen.config))
+  ckpt = ckpt_lib.Checkpointer(source)
+  state = source_gen.run.init_state(0)   # its EMA parameters are source_gen.params
+  ckpt.save(7, state.replace(step=jnp.asarray(7, state.step.dtype)), force=True)
+  ckpt.close()
+  prompts = list(source_gen.config.sample.prompts)
+  low, high = _trained_on(v_model, (0.0, 0.5), source), _trained_on(v_model, (0.5, 1.0), source)
+  with caplog.at_level("INFO", logger="vidgen.sample"):
+    got = loop.write_samples(low.run, types.SimpleNamespace(ema_params=low.params), tmp_path / "low", 4)
+  np.testing.assert_array_equal(got, source_gen.with_low_noise_expert(low, 0.5).generate(prompts, seed=0))
+  assert (tmp_path / "low" / "samples" / "step_4.gif").is_file()
+  assert f"t/T in [0, 0.5): {source} at step 7 denoises the other levels" in caplog.text
+  videos, labels = high.training_samples()
+  assert labels == prompts
+  np.testing.assert_array_equal(videos, high.with_low_noise_expert(source_gen, 0.5).generate(prompts, seed=0))
+  with pytest.raises(generate.SamplesUnavailable, match="cannot give its train.init_from source the levels on both"):
+    _trained_on(v_model, (0.3, 0.7), source).training_samples()
+  with pytest.raises(generate.SamplesUnavailable,
+                     match=r"\[0, 0.5\) .* train.init_from source failed: .*gone/config.json not found"):
+    _trained_on(v_model, (0.0, 0.5), tmp_path / "gone").training_samples()
+  assert _pair()[0].with_init_source() is _pair()[0]   # a model of every level samples alone

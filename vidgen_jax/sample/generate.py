@@ -1,4 +1,5 @@
 """Generation from a trained workdir: restore the EMA parameters once, sample prompts in fixed-size chunks."""
+import copy
 import functools
 import logging
 
@@ -93,18 +94,56 @@ class Generator:
     return cls(run, state.ema_params, step)
 
   def training_samples(self, seed: int = 0):
-    """(videos, labels) written during training: one video per config.sample.prompts entry."""
+    """(videos, labels) written during training: one video per config.sample.prompts entry, with the run's
+    sampler settings. An expert for some noise levels (diffusion.t_range) samples in a split with the model
+    it was fine-tuned from (`with_init_source`)."""
+    gen = self.with_init_source()
+    prompts, s = list(self.config.sample.prompts), self.config.sample
+    return gen.generate(prompts, seed=seed, sampler=s.get("sampler"), steps=s.get("steps"),
+                        cond_scale=s.get("cond_scale")), prompts
+
+  def with_init_source(self) -> "Generator":
+    """This generator if it samples a whole chain by itself; for an expert trained on the levels above (below)
+    a switch, the split in which its `train.init_from` source (the checkpoint it was fine-tuned from, which
+    covers every level) denoises the levels below (above) it. Raises SamplesUnavailable, saying why, when no
+    such split exists: no source, a source that is gone or itself an expert, or a window inside (0, 1)."""
     try:
       self.check_full_chain()
+      return self
     except ValueError as e:
-      raise SamplesUnavailable(str(e)) from None
-    prompts = list(self.config.sample.prompts)
-    return self.generate(prompts, seed=seed), prompts
+      alone = str(e)
+    source = self.config.train.get("init_from", "")
+    if not source:
+      raise SamplesUnavailable(f"{alone}; with no train.init_from there is no model for the other levels")
+    lo, hi = self.noise_window
+    num_timesteps = self.run.sched.num_timesteps
+    if lo > 0 and hi < num_timesteps:
+      raise SamplesUnavailable(f"{alone}; a split of two models cannot give its train.init_from source the "
+                               "levels on both sides of it")
+    step = self.config.train.get("init_from_step", -1)
+    try:
+      src = Generator.from_workdir(source, step=None if step < 0 else step, chunk=self.chunk, like=self.run)
+      if lo > 0:
+        split = self.with_low_noise_expert(src, lo / num_timesteps, workdir=source)
+      else:
+        split = src.with_low_noise_expert(self, hi / num_timesteps, workdir="(this run)")
+    except (OSError, ValueError) as e:
+      raise SamplesUnavailable(f"{alone}; pairing it with its train.init_from source failed: {e}") from None
+    log.info("training samples of an expert for t/T in [%g, %g): %s at step %d denoises the other levels",
+             lo / num_timesteps, hi / num_timesteps, source, src.step)
+    return split
 
   @classmethod
-  def from_workdir(cls, workdir, step=None, chunk: int = 16):
+  def from_workdir(cls, workdir, step=None, chunk: int = 16, like=None):
+    """The EMA parameters of `workdir`'s checkpoint `step` (default latest). `like`: a Run whose devices,
+    mesh, sharding and text encoder (for the same config.text) to use instead of building the workdir's own
+    (the partner of an expert split sampled inside a training run)."""
     config = ckpt_lib.read_config(workdir)
-    run = setup_lib.build_run(config)
+    if like is None:
+      run = setup_lib.build_run(config)
+    else:
+      config.mesh, config.sharding = copy.deepcopy(like.config.mesh), copy.deepcopy(like.config.sharding)
+      run = setup_lib.build_run(config, text_encoder=like.text_encoder, devices=list(like.mesh.devices.flat))
     ckpt = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_ckpts)
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f"{workdir} has no checkpoint yet: train first (vidgen train ... --workdir {workdir})")
