@@ -1,6 +1,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -51,3 +52,48 @@ def test_params_created_sharded():
   k = params["params"]["k"]
   assert k.sharding.spec == P("fsdp", "tensor")
   assert {s.data.shape for s in k.addressable_shards} == {(8, 16)}
+
+
+_B, _T, _HW, _C = 12, 5, 3, 16   # 3 videos per device on data 2 x fsdp 2; no other size is a multiple of 12
+
+
+def _attention_blocks():
+  from vidgen_jax.models import unet3d_blocks as blocks
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((_B, _T, _HW, _HW, _C)).astype(np.float32)
+  groups = np.zeros((_B, _T), np.int32)
+  groups[:, -2:] = [1, 2]   # two appended images (joint training)
+  frame_mask = blocks.frame_attention_mask(frame_groups=jnp.asarray(groups))
+  tokens, token_mask = rng.standard_normal((_B, 7, 10)).astype(np.float32), np.ones((_B, 7), bool)
+  return {
+      "temporal": (blocks.TemporalAttentionBlock(heads=2, dim_head=8, rotary_dim=4), (x, None, frame_mask)),
+      "spatial": (blocks.SpatialAttentionBlock(heads=2, dim_head=8), (x,)),
+      "spatial_linear": (blocks.SpatialAttentionBlock(heads=2, dim_head=8, linear=True), (x,)),
+      "space_time": (blocks.SpaceTimeAttentionBlock(heads=2, dim_head=8, rotary_dims=(2, 2, 2)), (x, frame_mask)),
+      "cross": (blocks.CrossAttentionBlock(heads=2, dim_head=8), (x, tokens, token_mask)),
+  }
+
+
+@pytest.mark.parametrize("name", ["temporal", "spatial", "spatial_linear", "space_time", "cross"])
+def test_attention_blocks_never_hold_the_whole_batch_on_one_device(name):
+  """Forward and backward of each U-Net attention block under fsdp_tensor (data 2, fsdp 2, tensor 2): every
+  array of the compiled per-device program holds at most its device's videos. An array with the global batch
+  of 12 (or 12 x frames, x pixels, x both) means XLA replicated an activation, as it did for the temporal
+  attention's output projection when that merged the frames axis into the sharded batch axis."""
+  import re
+  from vidgen_jax.models import unet3d_blocks as blocks
+  block, args = _attention_blocks()[name]
+  m = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  rules = sharding.get_rules("fsdp_tensor")
+  args = tuple(None if a is None else jnp.asarray(a) for a in args)
+  params, param_shardings = sharding.shard_params_init(lambda a: block.init(jax.random.key(0), *a), m, rules, args)
+  batch = lambda a: None if a is None else sharding.batch_sharding(m, a.ndim, rules)
+  video = jax.sharding.NamedSharding(m, nn.logical_to_mesh_axes(blocks.VIDEO_AXES, rules))
+  in_shardings = (param_shardings, video, tuple(batch(a) for a in args[1:]))
+  loss = lambda p, x, rest: jnp.sum(block.apply(p, x, *rest) ** 2)
+  with jax.set_mesh(m), nn.logical_axis_rules(rules):
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)), in_shardings=in_shardings)
+    hlo = step.lower(params, args[0], args[1:]).compile().as_text()
+  dims = {int(d) for shape in re.findall(r"\[([\d,]+)\]", hlo) for d in shape.split(",") if d}
+  whole_batch = {_B, _B * _T, _B * _HW * _HW, _B * _T * _HW * _HW}
+  assert 3 in dims and not dims & whole_batch, sorted(dims & whole_batch)

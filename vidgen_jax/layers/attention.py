@@ -210,7 +210,10 @@ class LeadingAxisAttention(Attention):
       logits = jnp.where(mask, logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("phst,tphd->sphd", probs.astype(self.dtype), v).reshape(length, -1, inner)
-    y = dense(c, ("heads", "embed"), name="to_out", flat=True, dtype=self.dtype, param_dtype=self.param_dtype)(out)
+    # Not a FlatDense: merging the leading axis into the sharded batch axis behind it leaves no tiling XLA's
+    # SPMD partitioner can keep, and under fsdp_tensor it replicated the whole activation on every device
+    # (tests/test_parallel.py). On XLA:CPU the two cost the same (demo and VDM-S train steps, side by side).
+    y = dense(c, ("heads", "embed"), name="to_out", dtype=self.dtype, param_dtype=self.param_dtype)(out)
     return y.reshape(x.shape[:-1] + (c,))
 
 
