@@ -236,9 +236,9 @@ def test_an_expert_writes_training_samples_with_the_model_it_was_fine_tuned_from
   np.testing.assert_array_equal(got, source_gen.with_low_noise_expert(low, 0.5).generate(prompts, seed=0))
   assert (tmp_path / "low" / "samples" / "step_4.gif").is_file()
   assert f"t/T in [0, 0.5): {source} at step 7 denoises the other levels" in caplog.text
-  videos, labels = high.training_samples()
-  assert labels == prompts
-  np.testing.assert_array_equal(videos, high.with_low_noise_expert(source_gen, 0.5).generate(prompts, seed=0))
+  split = high.with_init_source()   # the high expert above 0.5, its source below
+  assert split.params[0] is high.params and split.low_noise.switch_t == high.run.sched.num_timesteps // 2
+  assert split.experts["low_noise_workdir"] == str(source) and split.experts["low_noise_step"] == 7
   with pytest.raises(generate.SamplesUnavailable, match="cannot give its train.init_from source the levels on both"):
     _trained_on(v_model, (0.3, 0.7), source).training_samples()
   with pytest.raises(generate.SamplesUnavailable,
