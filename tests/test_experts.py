@@ -244,4 +244,9 @@ def test_an_expert_writes_training_samples_with_the_model_it_was_fine_tuned_from
   with pytest.raises(generate.SamplesUnavailable,
                      match=r"\[0, 0.5\) .* train.init_from source failed: .*gone/config.json not found"):
     _trained_on(v_model, (0.0, 0.5), tmp_path / "gone").training_samples()
+  other_text = copy.deepcopy(source_gen.config)
+  other_text.text.max_length = 8
+  (source / "config.json").write_text(configs.to_json(other_text))
+  with pytest.raises(generate.SamplesUnavailable, match="source failed: .* reads text with another encoder"):
+    low.training_samples()
   assert _pair()[0].with_init_source() is _pair()[0]   # a model of every level samples alone

@@ -142,6 +142,9 @@ class Generator:
     if like is None:
       run = setup_lib.build_run(config)
     else:
+      if dict(config.text.items()) != dict(like.config.text.items()):
+        raise ValueError(f"{workdir} reads text with another encoder ({dict(config.text.items())} against "
+                         f"{dict(like.config.text.items())})")
       config.mesh, config.sharding = copy.deepcopy(like.config.mesh), copy.deepcopy(like.config.sharding)
       run = setup_lib.build_run(config, text_encoder=like.text_encoder, devices=list(like.mesh.devices.flat))
     ckpt = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_ckpts)
