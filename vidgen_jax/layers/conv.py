@@ -37,6 +37,15 @@ def _fold_frames(x):
   return x.reshape((-1,) + x.shape[-3:]), x.shape[:-3]
 
 
+def _gathered_over_inputs(kernel):
+  """A conv kernel (..., in, out) with its input-channel shards gathered (as FSDP gathers every weight before
+  use), output channels left sharded. Works around an XLA SPMD bug (jax 0.10.2, Shardy and GSPMD alike): with
+  the batch over two mesh axes (data x fsdp) and kernels split over inputs and outputs (fsdp x tensor), a
+  chain of convs gets a wrong gradient w.r.t. its input for half the batch (two stride-2 convs suffice;
+  tests/test_parallel.py). The frame discriminator's gradient penalty is such a gradient."""
+  return nn.with_logical_constraint(kernel, (None,) * (kernel.ndim - 2) + (None, "conv_out"))
+
+
 class _SpaceKernel(nn.Module):
   """Shared parameter creation for the 2D convs: kernel (kh, kw, in, out) and bias (out,)."""
   features: int
@@ -56,7 +65,7 @@ class _SpaceKernel(nn.Module):
       bias = self.param(
           "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
           (self.features,), self.param_dtype)
-    return kernel, bias
+    return _gathered_over_inputs(kernel), bias
 
   def _finish(self, y, bias, lead):
     if bias is not None:
@@ -134,6 +143,7 @@ class PointwiseConv(nn.Module):
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(self.kernel_init, ("conv_in", "conv_out")),
         (x.shape[-1], self.features), self.param_dtype)
+    kernel = _gathered_over_inputs(kernel)
     y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
     return _add_bias(self, y)
 
