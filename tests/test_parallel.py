@@ -117,8 +117,8 @@ def test_conv_chain_input_gradient_is_the_single_device_one():
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(jnp.abs(want).max()))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="XLA SPMD bug (jax 0.10.2 and 0.12.1): when this starts passing, "
-                                       "conv._gathered_over_inputs can go")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="XLA SPMD bug (jax 0.10.2 and 0.12.1): once this passes, conv._gathered_over_inputs can go")
 def test_xla_still_gets_the_input_gradient_of_sharded_strided_convs_wrong():
   """Plain JAX, no vidgen code: two stride-2 convs with kernels over (fsdp, tensor) and the batch over
   (data, fsdp). The gradient w.r.t. the input is wrong for half the batch."""
