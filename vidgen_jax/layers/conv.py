@@ -42,7 +42,11 @@ def _gathered_over_inputs(kernel):
   use), output channels left sharded. Works around an XLA SPMD bug (jax 0.10.2, Shardy and GSPMD alike): with
   the batch over two mesh axes (data x fsdp) and kernels split over inputs and outputs (fsdp x tensor), a
   chain of convs gets a wrong gradient w.r.t. its input for half the batch (two stride-2 convs suffice;
-  tests/test_parallel.py). The frame discriminator's gradient penalty is such a gradient."""
+  tests/test_parallel.py). The frame discriminator's gradient penalty is such a gradient.
+
+  Only when output channels are split (tensor parallelism); otherwise the program is left as XLA makes it."""
+  if nn.logical_to_mesh_axes(("conv_out",))[0] is None:
+    return kernel
   return nn.with_logical_constraint(kernel, (None,) * (kernel.ndim - 2) + (None, "conv_out"))
 
 
