@@ -68,8 +68,9 @@ def test_sharded_step_of_a_three_level_unet_equals_single_device():
   """Two train steps (the first at warm-up lr 0) of a U-Net with two downsamples and two upsamples (the S, B
   and L variants have 3-4 levels, the test above one), 8 devices against 1. Before conv kernels were gathered
   over their inputs (`conv._gathered_over_inputs`), XLA's gradient through the chained strided convs was
-  wrong here (softmax or linear attention): parameters off by up to 1.95 relative after the second step. One- and two-level U-Nets, and
-  this one with joint images, were right: the bug depends on the program's shapes."""
+  wrong here (softmax or linear attention): parameters off by up to 1.95 relative after the second step.
+  One- and two-level U-Nets, and this one with joint images, were right: the bug depends on the program's
+  shapes."""
   def config(devices):
     c = tiny_config()
     c.model.dim_mults, c.model.use_sparse_linear_attn = (1, 2, 4), False
