@@ -43,19 +43,26 @@ def test_two_stage_training_sampling_and_story(tmp_path, tokenizer_dir, capsys):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _maskgit_steps(config, devices, n):
+  """(run, final state, per-step metrics) of n MaskGIT steps on one fixed batch of 4 clips."""
+  enc = HashTextEncoder(max_length=config.text.max_length)
+  run = setup.build_run(config, text_encoder=enc, devices=devices)
+  state, step = run.init_state(0), run.jit_train_step()
+  batch = pipeline.attach_text(next(iter(pipeline.make_dataset(pipeline.make_source(config.data), 4, 0))), enc)
+  metrics = []
+  with run.context():
+    for _ in range(n):
+      state, m = step(state, pipeline.to_global(batch, run.batch_shardings()))
+      metrics.append(jax.device_get(m))
+  return run, state, metrics
+
+
 def test_maskgit_trains_on_images_first_then_clips(tokenizer_dir):
   config = configs.load_config_file("configs/phenaki_shapes.py:runlocal=True")
   config.tokenizer.workdir, config.train.image_steps, config.model.critic = str(tokenizer_dir), 2, False
   phenaki.validate(config, 1)
-  enc = HashTextEncoder(max_length=config.text.max_length)
-  run = setup.build_run(config, text_encoder=enc, devices=ONE)
-  state, step = run.init_state(0), run.jit_train_step()
-  batch = pipeline.attach_text(next(iter(pipeline.make_dataset(pipeline.make_source(config.data), 4, 0))), enc)
-  seen = []
-  with run.context():
-    for _ in range(3):
-      state, m = step(state, pipeline.to_global(batch, run.batch_shardings()))
-      seen.append((float(m["token_steps"]), float(m["loss"])))
+  run, _, metrics = _maskgit_steps(config, ONE, 3)
+  seen = [(float(m["token_steps"]), float(m["loss"])) for m in metrics]
   assert [s for s, _ in seen] == [1.0, 1.0, float(run.parts["grid"][0])]   # 1 token step = an image
   assert all(np.isfinite(loss) for _, loss in seen)
   config.train.image_steps = -3
@@ -72,15 +79,7 @@ def test_sharded_maskgit_step_equals_single_device(tokenizer_dir):
     if mesh:
       config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
       config.sharding.preset = "fsdp_tensor"
-    enc = HashTextEncoder(max_length=config.text.max_length)
-    run = setup.build_run(config, text_encoder=enc, devices=devices)
-    state, step = run.init_state(0), run.jit_train_step()
-    batch = pipeline.attach_text(next(iter(pipeline.make_dataset(pipeline.make_source(config.data), 4, 0))), enc)
-    metrics = []
-    with run.context():
-      for _ in range(2):
-        state, m = step(state, pipeline.to_global(batch, run.batch_shardings()))
-        metrics.append(jax.device_get(m))
+    _, state, metrics = _maskgit_steps(config, devices, 2)
     return jax.device_get(state.params), metrics
 
   one, m1 = run_on(ONE)
