@@ -142,9 +142,7 @@ class Generator:
     if like is None:
       run = setup_lib.build_run(config)
     else:
-      if dict(config.text.items()) != dict(like.config.text.items()):
-        raise ValueError(f"{workdir} reads text with another encoder ({dict(config.text.items())} against "
-                         f"{dict(like.config.text.items())})")
+      check_same_text(config, like.config, f"{workdir} reads text with another encoder")
       config.mesh, config.sharding = copy.deepcopy(like.config.mesh), copy.deepcopy(like.config.sharding)
       run = setup_lib.build_run(config, text_encoder=like.text_encoder, devices=list(like.mesh.devices.flat))
     ckpt = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_ckpts)
@@ -307,9 +305,14 @@ def check_experts_compatible(high_run, low_run):
                                                              np.asarray(ls.alphas_cumprod), rtol=1e-6, atol=0):
     raise ValueError("the experts were trained with different noise schedules (diffusion.schedule, "
                      "schedule_shift or timesteps): a noise level means different things to them")
-  ht, lt = (dict(c.text.items()) for c in (hc, lc))
-  if ht != lt:
-    raise ValueError(f"the experts read text with different encoders: {ht} against {lt}")
+  check_same_text(hc, lc, "the experts read text with different encoders")
+
+
+def check_same_text(config_a, config_b, problem: str):
+  """Raises ValueError(problem, with both text configs) unless the two configs read text the same way."""
+  ta, tb = (dict(c.text.items()) for c in (config_a, config_b))
+  if ta != tb:
+    raise ValueError(f"{problem}: {ta} against {tb}")
 
 
 def load_generator(workdir, step=None, *, low_noise_workdir=None, low_noise_step=None, switch=0.5,
