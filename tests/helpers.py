@@ -1,6 +1,7 @@
 """Shared test utilities."""
 import hashlib
 
+import jax
 import numpy as np
 
 from vidgen_jax import configs
@@ -45,3 +46,14 @@ def micro_config(image_size=8, **train):
   c.model.dim_mults, c.model.use_sparse_linear_attn = (1,), False
   c.data.image_size, c.data.num_frames = image_size, 2
   return c
+
+
+def assert_same_training_state(one, other, rtol=1e-4, atol=1e-5):
+  """Two pytrees (parameters, or a whole train state) equal leaf by leaf, except what the last bias of a
+  continuous position bias net (C-ViViT's spatial, MaskGIT's) holds: one logit offset per attention head,
+  which softmax ignores, so its gradient is rounding noise and Adam's step on it is +-lr either way."""
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(jax.device_get(one)),
+                          jax.tree.leaves(jax.device_get(other))):
+    name = jax.tree_util.keystr(path)
+    if "pos_bias']['net_2']['bias']" not in name:
+      np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=name)

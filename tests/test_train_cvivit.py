@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import assert_same_training_state
 from vidgen_jax import configs
 from vidgen_jax.data import pipeline
 from vidgen_jax.losses import perceptual
@@ -141,6 +142,4 @@ def test_sharded_step_equals_single_device():
   assert m1[-1]["disc_loss"] > 0 and all(np.isfinite(m["loss"]) for m in m1)
   for a, b in zip(m1, m8):
     np.testing.assert_allclose([a["loss"], a["disc_loss"]], [b["loss"], b["disc_loss"]], rtol=1e-5)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(jax.device_get(one)),
-                          jax.tree.leaves(jax.device_get(eight))):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+  assert_same_training_state(one, eight)
