@@ -1,7 +1,9 @@
 """The command line end to end on a tiny config, in a subprocess as a user would run it."""
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,6 +13,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _CACHE = tempfile.mkdtemp(prefix="vidgen-cli-xla-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def _vidgen(*args, check=True):
