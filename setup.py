@@ -29,9 +29,10 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.6,<4", "transformers>=4.57.6,<5"],
         # Checkpoint conversion from the PyTorch references and side-by-side benchmarks.
         "torch": ["torch>=2.1", "video-diffusion-pytorch==0.7.0"],
-        # Ahead-of-time compilation for TPU topologies on a CPU host (`vidgen compile --topology v5p:2x2x2`).
-        # jax 0.10.2 pins libtpu 0.0.42.*; 0.0.42.1 to 0.0.52 were checked to build topologies and compile.
-        "tpu-aot": ["libtpu>=0.0.42,<0.0.53"],
+        # Ahead-of-time compilation for TPU topologies on a CPU host (`vidgen compile --topology v5p:2x2x2`):
+        # the libtpu that the installed jax release pins (jax 0.10.2: 0.0.42.*, which compiles every preset of
+        # U-Net L; 0.0.50.1 with jax 0.12.0.1, and 0.0.52, abort compiling its fsdp preset: README).
+        "tpu-aot": ["jax[tpu]"],
     },
     entry_points={"console_scripts": ["vidgen=vidgen_jax.cli:main"]},
 )

@@ -17,13 +17,15 @@ Measured (libtpu 0.0.42.1, jax 0.10.2, on a 2-core CPU host): U-Net L (893.5M pa
 MiniLM text width), 16 x 64 x 64 video, bfloat16 compute, global batch 32, v5p:2x2x2 (8 chips):
 
   preset       mesh      remat  temp GiB  total GiB  state GiB/chip  TFLOP/chip  step s @40%  compile s
-  fsdp_tensor  f4 x t2   off    49.9      52.2       1.67            65.0        0.35         684  stop 33 (libtpu 0.52)
+  fsdp_tensor  f4 x t2   off    50.0      52.2       1.67            65.0        0.35         535
   fsdp_tensor  f4 x t2   on     23.6      25.9       1.67            83.2        0.45         1038
-  fsdp         f8        off    53.6      55.9       1.67            38.6        0.21         625
+  fsdp         f8        off    52.6      55.0       1.67            37.9        0.21         619
 
-The stop-33 row is after the temporal attention stopped merging frames into the sharded batch (it was
-54.2 / 56.4 GiB) and with conv kernels gathered over their inputs under tensor parallelism (an XLA
-gradient bug's workaround, layers/conv.py); the other rows are from before (libtpu 0.0.42.1).
+The remat-off rows are from stop 34, after the temporal attention stopped merging frames into the sharded
+batch (before: fsdp_tensor 54.2 / 56.4 GiB, fsdp 53.6 / 55.9 GiB and 38.6 TFLOP) and with conv kernels
+gathered over their inputs under tensor parallelism (an XLA gradient bug's workaround, layers/conv.py); the
+remat row is from before. libtpu 0.0.52 gives the same fsdp_tensor figures (49.9 / 52.2 GiB, 65.0 TFLOP)
+but aborts compiling fsdp, hence the `.[tpu-aot]` pin (setup.py).
 
 Params + EMA + Adam are 13.31 GiB replicated (preset data); fsdp=8 puts 0.1252 of that on a chip (only
 norm gains, biases and the 3-channel input conv stay replicated, 0.03% of the parameters). Remat cuts the
