@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.unet3d_setup import random_params
 from vidgen_jax.models.unet3d import Unet3D
 from vidgen_jax.train import vdm
 
@@ -30,12 +31,11 @@ def test_images_and_video_never_see_each_other(space_time):
   x, cond, tokens, groups = _inputs()
   t = jnp.array([3, 700])
   mask = jnp.ones(tokens.shape[:3], bool)
-  params = model.init(jax.random.key(0), x, t, cond, text_tokens=tokens, text_mask=mask, frame_groups=groups)
-  # Cross-attention and the temporal blocks' outputs start at zero; give them random weights so that
-  # every path actually mixes frames.
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
-  run = lambda x, cond, tokens, groups: model.apply(params, x, t, cond, text_tokens=tokens, text_mask=mask,
-                                                    frame_groups=groups)
+  # Random weights everywhere (cross-attention and the temporal blocks' outputs start at zero at init), so
+  # that every path actually mixes frames.
+  params = {"params": random_params(model, x, t, cond, text_tokens=tokens, text_mask=mask, frame_groups=groups)}
+  run = jax.jit(lambda x, cond, tokens, groups: model.apply(params, x, t, cond, text_tokens=tokens,
+                                                            text_mask=mask, frame_groups=groups))
   base = run(x, cond, tokens, groups)
   # Change image 1 (pixels, condition and caption): only image 1's output may move.
   x2 = x.at[:, T].add(1.0)

@@ -95,19 +95,21 @@ def test_network_shapes_and_null_text():
   model = MaskGit(num_tokens=V, dim=16, depth=1, max_seq_len=64, heads=2, dim_head=8)
   tokens = jax.random.randint(jax.random.key(0), (2, 2 * 3 * 4), 0, V + 1)
   text = jax.random.normal(jax.random.key(1), (2, 5, 12))
-  variables = model.init(jax.random.key(2), tokens, text, video_shape=(2, 3, 4))
-  logits = model.apply(variables, tokens, text, video_shape=(2, 3, 4))
+  init, apply = (jax.jit(f, static_argnames="video_shape") for f in (model.init, model.apply))   # one compile
+  variables = init(jax.random.key(2), tokens, text, video_shape=(2, 3, 4))                    # each, not op by op
+  logits = apply(variables, tokens, text, video_shape=(2, 3, 4))
   assert logits.shape == (2, 24, V)
   null = jnp.array([True, True])
-  a = model.apply(variables, tokens, text, null=null, video_shape=(2, 3, 4))
-  b = model.apply(variables, tokens, text * 3.0 + 1.0, null=null, video_shape=(2, 3, 4))
+  a = apply(variables, tokens, text, null=null, video_shape=(2, 3, 4))
+  b = apply(variables, tokens, text * 3.0 + 1.0, null=null, video_shape=(2, 3, 4))
   np.testing.assert_allclose(a, b, atol=1e-5)                        # the null text ignores the prompt
   assert float(jnp.abs(a - logits).max()) > 1e-4
   critic = TokenCritic(num_tokens=V, dim=16, depth=1, max_seq_len=64, heads=2, dim_head=8)
-  cv = critic.init(jax.random.key(3), tokens, text, video_shape=(2, 3, 4))
-  assert critic.apply(cv, tokens, text, video_shape=(2, 3, 4)).shape == (2, 24)
+  init, apply_critic = (jax.jit(f, static_argnames="video_shape") for f in (critic.init, critic.apply))
+  cv = init(jax.random.key(3), tokens, text, video_shape=(2, 3, 4))
+  assert apply_critic(cv, tokens, text, video_shape=(2, 3, 4)).shape == (2, 24)
   with pytest.raises(ValueError, match="video_shape"):
-    model.apply(variables, tokens, text, video_shape=(2, 3, 3))
+    apply(variables, tokens, text, video_shape=(2, 3, 3))
 
 
 def test_bfloat16_compute_stays_close_to_float32_with_float32_logits():
@@ -115,9 +117,11 @@ def test_bfloat16_compute_stays_close_to_float32_with_float32_logits():
   tokens = jax.random.randint(jax.random.key(0), (2, 24), 0, V + 1)
   text = jax.random.normal(jax.random.key(1), (2, 5, 12))
   for cls in (MaskGit, TokenCritic):
-    variables = cls(**kw).init(jax.random.key(2), tokens, text, video_shape=(2, 3, 4))
-    ref = cls(**kw).apply(variables, tokens, text, video_shape=(2, 3, 4))
-    out = cls(**kw, dtype=jnp.bfloat16).apply(variables, tokens, text, video_shape=(2, 3, 4))
+    variables = jax.jit(cls(**kw).init, static_argnames="video_shape")(jax.random.key(2), tokens, text,
+                                                                       video_shape=(2, 3, 4))
+    ref, out = (jax.jit(cls(**kw, dtype=dtype).apply, static_argnames="video_shape")(variables, tokens, text,
+                                                                                     video_shape=(2, 3, 4))
+                for dtype in (jnp.float32, jnp.bfloat16))
     assert out.dtype == jnp.float32 and out.shape == ref.shape
     rel = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
     assert 0 < rel < 0.05, (cls.__name__, rel)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vidgen_jax.models.unet3d import Unet3D
-from tests.unet3d_setup import B, S, T, TEXT_CFG, TINY, flat_params, random_params, setup_unet
+from tests.unet3d_setup import B, S, T, TEXT_CFG, TINY, flat_params, init_params, random_params, setup_unet
 
 
 def test_absolute_frame_embedding_is_optional_and_breaks_time_shift_symmetry():
@@ -42,8 +42,8 @@ def test_frame_cond_mlp_starts_as_identity_and_makes_film_depend_on_the_frame():
   zero_out = jax.tree.map(jnp.zeros_like, params["frame_cond_mlp"]["dense_out"])
   init_like = dict(params, frame_cond_mlp=dict(params["frame_cond_mlp"], dense_out=zero_out))
   np.testing.assert_allclose(apply(model, init_like, inp["cond"]), same, atol=1e-5)
-  fresh = nn.unbox(model.init(jax.random.key(0), inp["x"], inp["time"], inp["cond"])["params"])
-  assert not np.any(fresh["frame_cond_mlp"]["dense_out"]["kernel"])  # zero-initialised: starts as reference
+  fresh = init_params(model, inp["x"], inp["time"], inp["cond"], select=lambda p: p["frame_cond_mlp"]["dense_out"])
+  assert not np.any(fresh["kernel"])                       # zero-initialised: starts as the reference
   with pytest.raises(ValueError, match="frame_cond_mlp"):
     Unet3D(dim=8, dim_mults=(1,), frame_cond_mlp=8)
 
@@ -64,8 +64,8 @@ def test_position_features_start_as_identity_and_feed_absolute_positions():
   assert np.abs(np.asarray(apply(model, params, x)) - np.asarray(apply(plain, rest, x))).max() > 1e-3
   zero = dict(params, position_proj={"kernel": jnp.zeros_like(params["position_proj"]["kernel"])})
   np.testing.assert_allclose(apply(model, zero, inp["x"]), apply(plain, rest, inp["x"]), atol=1e-5)
-  fresh = nn.unbox(model.init(jax.random.key(0), inp["x"], inp["time"])["params"])
-  assert not np.any(fresh["position_proj"]["kernel"])                  # zero-initialised: starts as reference
+  fresh = init_params(model, inp["x"], inp["time"], select=lambda p: p["position_proj"])
+  assert not np.any(fresh["kernel"])                                   # zero-initialised: starts as reference
   wide = np.zeros((B, T, S, 2 * S, 3), np.float32)                     # any grid size works
   assert apply(model, params, wide).shape == wide.shape
 
@@ -94,8 +94,9 @@ def test_temporal_conv_resnets_start_as_the_reference_and_learn_from_there():
   names = [k for k in real if "temporal_conv" in k]
   assert names and not any(k.startswith("final_block") for k in names)
   assert real["downs_0_resnet1/temporal_conv/kernel"].shape == (3, 8, 8)
-  init = flat_params(nn.unbox(jax.jit(model.init)(jax.random.key(0), inp["x"], inp["time"])["params"]))
-  assert all(np.all(np.asarray(init[k]) == 0) for k in names)
+  init = init_params(model, inp["x"], inp["time"],
+                     select=lambda p: {k: v for k, v in flat_params(p).items() if "temporal_conv" in k})
+  assert sorted(init) == sorted(names) and all(np.all(np.asarray(v) == 0) for v in init.values())
   params = {k: jnp.zeros_like(v) if "temporal_conv" in k else v for k, v in flat_params(params).items()}
   rest = {k: v for k, v in params.items() if "temporal_conv" not in k}
   unflat = lambda flat: traverse_util.unflatten_dict(flat, sep="/")
@@ -124,7 +125,8 @@ def test_per_frame_time_matches_shared_time_and_conditions_each_frame():
 
 def test_input_skip_starts_as_the_reference_and_adds_a_time_gated_map_of_the_input():
   model, params, inp = setup_unet(dict(TINY, input_skip=True), seed=5)      # random parameters
-  fresh = nn.unbox(model.init(jax.random.key(0), inp["x"], inp["time"])["params"])
+  fresh = init_params(model, inp["x"], inp["time"],
+                      select=lambda p: {k: p[k] for k in ("input_skip", "input_skip_gain")})
   assert fresh["input_skip"]["kernel"].shape == (3, 3) and fresh["input_skip_gain"]["kernel"].shape == (32, 3)
   assert not any(np.any(v) for v in jax.tree.leaves([fresh["input_skip"], fresh["input_skip_gain"]]))
   params = dict(params, input_skip=fresh["input_skip"], input_skip_gain=fresh["input_skip_gain"])

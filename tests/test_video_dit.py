@@ -1,4 +1,5 @@
 """VideoDiT (model.kind='dit'): identity start, absolute positions, conditioning paths, masks, config."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,10 +36,9 @@ def _call(model, params, inp, **kw):
 
 def _perturbed(model, inp, seed=1):
   """Initialised params with every leaf replaced by noise (the zero-initialised gates and outputs too)."""
-  params = jax.tree.map(lambda b: b.unbox() if hasattr(b, "unbox") else b,
-                        model.init(jax.random.key(0), inp["x"], inp["time"], inp["cond"],
-                                   text_tokens=inp["tokens"], text_mask=inp["mask"]),
-                        is_leaf=lambda v: hasattr(v, "unbox"))
+  params = nn.unbox(jax.eval_shape(lambda key: model.init(key, inp["x"], inp["time"], inp["cond"],
+                                                           text_tokens=inp["tokens"], text_mask=inp["mask"]),
+                                   jax.random.key(0)))
   leaves, tree = jax.tree.flatten(params)
   rng = np.random.default_rng(seed)
   return jax.tree.unflatten(tree, [0.3 * rng.standard_normal(l.shape).astype(np.float32) for l in leaves])
@@ -46,9 +46,9 @@ def _perturbed(model, inp, seed=1):
 
 def test_starts_at_zero_output_with_the_input_shape():
   model, inp = _model(), _inputs()
-  params = model.init(jax.random.key(0), inp["x"], inp["time"], inp["cond"], text_tokens=inp["tokens"],
-                      text_mask=inp["mask"])
-  out = _call(model, params, inp)
+  out = jax.jit(lambda key: _call(model, model.init(key, inp["x"], inp["time"], inp["cond"],
+                                                   text_tokens=inp["tokens"], text_mask=inp["mask"]), inp))(
+      jax.random.key(0))
   assert out.shape == inp["x"].shape and out.dtype == jnp.float32
   np.testing.assert_array_equal(out, 0.0)
 

@@ -23,6 +23,13 @@ def abstract_params(model, *args, boxed=False, **kwargs):
   return variables["params"] if boxed else nn.unbox(variables["params"])
 
 
+def init_params(model, *args, select=lambda params: params, **kwargs):
+  """model.init(key 0)'s unboxed params, or the part of them `select` picks, as one jitted program. An eager
+  init compiles every initialiser op by op (about 10 s for the tiny U-Net); under jit XLA also drops the
+  initialisers of every leaf that `select` leaves out (0.3 s for one leaf)."""
+  return jax.jit(lambda key: select(nn.unbox(model.init(key, *args, **kwargs)["params"])))(jax.random.key(0))
+
+
 def unet_inputs(seed=0, cond_dim=6, text_dim=5):
   rng = np.random.default_rng(seed)
   return dict(x=rng.uniform(-1, 1, (B, T, S, S, 3)).astype(np.float32), time=np.array([3, 977]),
