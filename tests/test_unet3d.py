@@ -404,7 +404,7 @@ def test_temporal_block_gradient_is_the_gradient_of_its_forward():
   pos_bias = jax.random.normal(jax.random.key(1), (2, 5, 5))
   frame_mask = jnp.tril(jnp.ones((5, 5), bool))[None].repeat(2, 0).at[1].set(jnp.eye(5, dtype=bool))
   block = blocks.TemporalAttentionBlock(2, 8, 8)
-  params = nn.unbox(block.init(jax.random.key(2), x, pos_bias, frame_mask)["params"])
+  params = nn.unbox(jax.jit(block.init)(jax.random.key(2), x, pos_bias, frame_mask)["params"])
   params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape), params)
 
   def reference(p, x, b):
@@ -413,11 +413,11 @@ def test_temporal_block_gradient_is_the_gradient_of_its_forward():
                                                        mask=frame_mask[:, None, None, None])
     return x + jnp.moveaxis(y, -2, 1)
 
-  out = block.apply({"params": params}, x, pos_bias, frame_mask)
-  np.testing.assert_allclose(out, reference(params, x, pos_bias), atol=1e-6)
+  out = jax.jit(lambda p, x, b: block.apply({"params": p}, x, b, frame_mask))(params, x, pos_bias)
+  np.testing.assert_allclose(out, jax.jit(reference)(params, x, pos_bias), atol=1e-6)
   loss = lambda f: lambda p, x, b: jnp.sum(jnp.sin(f(p, x, b)))
-  grads = jax.grad(loss(lambda p, x, b: block.apply({"params": p}, x, b, frame_mask)), argnums=(0, 1, 2))(
+  grads = jax.jit(jax.grad(loss(lambda p, x, b: block.apply({"params": p}, x, b, frame_mask)), argnums=(0, 1, 2)))(
       params, x, pos_bias)
-  expected = jax.grad(loss(reference), argnums=(0, 1, 2))(params, x, pos_bias)
+  expected = jax.jit(jax.grad(loss(reference), argnums=(0, 1, 2)))(params, x, pos_bias)
   for g, e in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
     np.testing.assert_allclose(g, e, atol=2e-5, rtol=1e-4)
