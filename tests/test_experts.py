@@ -231,7 +231,7 @@ def test_an_expert_writes_training_samples_with_the_model_it_was_fine_tuned_from
   ckpt.close()
   prompts = list(source_gen.config.sample.prompts)
   low, high = _trained_on(v_model, (0.0, 0.5), source), _trained_on(v_model, (0.5, 1.0), source)
-  with caplog.at_level("INFO", logger="vidgen.sample"):
+  with caplog.at_level("INFO", logger="vidgen.sample"), low.run.context():   # as loop.train calls it
     got = loop.write_samples(low.run, types.SimpleNamespace(ema_params=low.params), tmp_path / "low", 4)
   np.testing.assert_array_equal(got, source_gen.with_low_noise_expert(low, 0.5).generate(prompts, seed=0))
   assert (tmp_path / "low" / "samples" / "step_4.gif").is_file()

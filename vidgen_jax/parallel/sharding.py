@@ -71,10 +71,21 @@ def fit_spec(shape: Sequence[int], spec: P, mesh: Mesh) -> P:
   return P(*fitted)
 
 
+def unbox_abstract(tree):
+  """A boxed variable tree's values, without the sharding constraint that `nn.meta.unbox` adds to every
+  `Partitioned` box whenever a mesh is set (`jax.set_mesh`, as the train loop is in): on an abstract tree
+  (shapes from `jax.eval_shape`, no sharding) that constraint fails, and host-side set-up wants none."""
+  def one(x):
+    if isinstance(x, nn.Partitioned):
+      return x.unbox(apply_constraint=False)
+    return x.unbox() if isinstance(x, nn.meta.AxisMetadata) else x
+  return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def logical_to_sharding(abstract_tree, mesh: Mesh, rules) -> object:
   """NamedShardings for a (boxed) abstract variable tree: logical names -> mesh axes, fitted to each shape."""
   logical = nn.get_partition_spec(abstract_tree)
-  unboxed = nn.meta.unbox(abstract_tree)
+  unboxed = unbox_abstract(abstract_tree)
 
   def one(spec, leaf):
     if not hasattr(leaf, "shape"):   # an empty node (e.g. optax's MaskedNode of a multi_transform): no arrays

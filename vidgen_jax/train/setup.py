@@ -103,5 +103,6 @@ def build_run(config, *, text_encoder=None, devices=None) -> Run:
   boxed = jax.eval_shape(run._state_fn(), jax.random.key(0))
   run.state_shardings = sharding_lib.logical_to_sharding(boxed, mesh, rules)
   run.abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(boxed), run.state_shardings)
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), sharding_lib.unbox_abstract(boxed),
+      run.state_shardings)
   return run
