@@ -1,11 +1,11 @@
 """VideoDiT (model.kind='dit'): identity start, absolute positions, conditioning paths, masks, config."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.helpers import HashTextEncoder
+from tests.unet3d_setup import abstract_params
 from vidgen_jax import configs
 from vidgen_jax.data import pipeline
 from vidgen_jax.models import video_dit
@@ -36,9 +36,8 @@ def _call(model, params, inp, **kw):
 
 def _perturbed(model, inp, seed=1):
   """Initialised params with every leaf replaced by noise (the zero-initialised gates and outputs too)."""
-  params = nn.unbox(jax.eval_shape(lambda key: model.init(key, inp["x"], inp["time"], inp["cond"],
-                                                           text_tokens=inp["tokens"], text_mask=inp["mask"]),
-                                   jax.random.key(0)))
+  params = {"params": abstract_params(model, inp["x"], inp["time"], inp["cond"], text_tokens=inp["tokens"],
+                                      text_mask=inp["mask"])}
   leaves, tree = jax.tree.flatten(params)
   rng = np.random.default_rng(seed)
   return jax.tree.unflatten(tree, [0.3 * rng.standard_normal(l.shape).astype(np.float32) for l in leaves])
