@@ -158,6 +158,11 @@ def get_config(arg=None):
   # all): generation 85 / 86%, prediction with --method clean 85 / 86% (reconstruction guidance before it:
   # 71 / 50%), stories 87-71% per segment (docs/ablations.md). Off for the 2000-step demo.
   c.diffusion.frame_noise_prob = v.get("frame_noise_prob", 0.0)
+  # Clean prefixes (our addition): with this probability a clip's first k frames (k uniform in [1, frames/2])
+  # are clean, at timestep 0, and the others share one level: exactly the input that video prediction and
+  # extension by --method clean give the model, which independent per-frame levels almost never draw.
+  # The other clips keep frame_noise_prob's draw. 0 = off (the reference).
+  c.diffusion.clean_prefix_prob = v.get("clean_prefix_prob", 0.0)
   # >0: λ, the extra weight of the x0 error's change over frames (our addition; needs prediction x0): the
   # loss becomes |mean-over-frames error|² + (1 + λ)|error − that mean|², so motion errors count 1 + λ
   # times as much as appearance errors; the optimum is unchanged. 0 = the plain loss (the reference).

@@ -477,6 +477,32 @@ def test_frame_timesteps_mix_shared_and_independent_per_frame_levels():
     losses.frame_timesteps(key, t, 8, 1000, 1.5)
 
 
+def test_clean_prefix_timesteps_hand_the_model_what_prediction_by_clean_does():
+  """A clean_prefix_prob share of the clips gets its first k frames (1 <= k <= frames/2) at level 0 and the
+  others at the clip's own t, as prediction by 'clean' does; the rest and appended images keep frame_t."""
+  from vidgen_jax.diffusion import losses
+  key = jax.random.key(8)
+  t = jax.random.randint(key, (4000,), 1, 1000)
+  frame_t = jnp.maximum(losses.frame_timesteps(jax.random.key(9), t, 10, 1000, 0.5), 1)   # 0 marks a prefix
+  np.testing.assert_array_equal(losses.clean_prefix_timesteps(key, t, frame_t, 0.0), frame_t)
+  out = np.asarray(losses.clean_prefix_timesteps(key, t, frame_t, 0.5, video_frames=8))
+  t, frame_t = np.asarray(t), np.asarray(frame_t)
+  prefixed = out[:, 0] == 0
+  assert abs(prefixed.mean() - 0.5) < 0.03
+  np.testing.assert_array_equal(out[~prefixed], frame_t[~prefixed])
+  np.testing.assert_array_equal(out[:, 8:], frame_t[:, 8:])                 # the 2 appended images
+  known = (out[prefixed, :8] == 0).sum(axis=1)
+  assert sorted(set(known)) == [1, 2, 3, 4]                                   # k uniform over [1, 8 // 2]
+  video = out[prefixed, :8]
+  clean_first = np.arange(8)[None] < known[:, None]
+  np.testing.assert_array_equal(video[clean_first], 0)                       # a prefix, not scattered frames
+  np.testing.assert_array_equal(np.where(clean_first, t[prefixed, None], video), t[prefixed, None] + 0 * video)
+  with pytest.raises(ValueError, match="clean_prefix_prob"):
+    losses.clean_prefix_timesteps(key, jnp.asarray(t), jnp.asarray(frame_t), 1.5)
+  with pytest.raises(ValueError, match="at least 2 frames"):
+    losses.clean_prefix_timesteps(key, jnp.asarray(t), jnp.asarray(frame_t), 0.5, video_frames=1)
+
+
 def test_t_range_trains_an_expert_on_its_noise_levels_only():
   """diffusion.t_range (lo, hi): every clip's level, or its noisiest frame's with per-frame levels (the one an
   expert split decides by), lies in [lo T, hi T), rounded as the expert switch is; its other frames lie
@@ -523,6 +549,10 @@ def test_t_range_trains_an_expert_on_its_noise_levels_only():
   levels = seen[-1]
   assert levels.shape == (64, 3) and levels.max(axis=1).min() >= 500 and levels.max() < 1000
   assert not (levels == levels[:, :1]).all() and levels.min() < 500   # per-frame levels, noisiest inside
+  cfg.clean_prefix_prob = 1.0      # every clip: its first frame clean, the others at one level inside
+  vdm.loss_fn({"params": {"scale": jnp.ones(())}}, Recorder(), sched, cfg, batch, jax.random.key(1))
+  levels = seen[-1]
+  assert (levels[:, 0] == 0).all() and (levels[:, 1] == levels[:, 2]).all() and levels[:, 1].min() >= 500
 
 
 def test_temporal_deviation_loss_weighs_only_the_error_that_changes_over_frames():

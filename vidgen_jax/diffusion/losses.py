@@ -86,6 +86,34 @@ def frame_timesteps(rng, t, frames, num_timesteps, frame_noise_prob, t_range=())
   return jnp.where(pick, independent, tiled)
 
 
+def clean_prefix_timesteps(rng, t, frame_t, clean_prefix_prob, video_frames=None):
+  """(B, frames) timesteps in which, with probability `clean_prefix_prob`, a sample's first k frames are clean
+  (timestep 0) and the others share the sample's own level t (B,); the other samples keep `frame_t` (B, frames).
+
+  That is exactly what video prediction and extension by the 'clean' method hand the model
+  (`conditioning`): k known frames at level 0 next to unknown frames at the sampler's level. Independent
+  per-frame levels (`frame_timesteps`) almost never draw it (k frames near 0 and the rest together at high
+  noise), yet the high-noise steps are where a continuation's direction is decided. k is uniform over
+  [1, video_frames // 2] (prediction gives 2 of 8 frames, extension half a window); frames from
+  `video_frames` on (joint training's appended images) keep `frame_t`. The known frames stay in the loss:
+  at level 0 their error is near zero, as it is for the nearly clean frames of per-frame levels.
+  """
+  if not 0.0 <= clean_prefix_prob <= 1.0:
+    raise ValueError(f"clean_prefix_prob must be in [0, 1], got {clean_prefix_prob}")
+  b, frames = frame_t.shape
+  video_frames = frames if video_frames is None else video_frames
+  if clean_prefix_prob == 0.0:
+    return frame_t
+  if video_frames < 2:
+    raise ValueError(f"clean_prefix_prob needs clips of at least 2 frames to give some of them, got {video_frames}")
+  k_known, k_pick = jax.random.split(rng)
+  known = jax.random.randint(k_known, (b, 1), 1, video_frames // 2 + 1)
+  index = jnp.arange(frames)[None]
+  prefix = jnp.where(index < known, 0, jnp.where(index < video_frames, t[:, None], frame_t))
+  pick = jax.random.bernoulli(k_pick, clean_prefix_prob, (b, 1))
+  return jnp.where(pick, prefix, frame_t).astype(frame_t.dtype)
+
+
 def training_target(sched, x0, t, noise, prediction="eps"):
   """Regression target for the model output: the noise ('eps', the reference), v ('v') or x0 ('x0')."""
   if prediction == "eps":

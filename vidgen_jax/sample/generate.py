@@ -220,14 +220,15 @@ class Generator:
     (N, k, H, W, 3) first frames to continue (video prediction). overlap: known frames per extension
     window (default half the model's window). method: 'reconstruction' (guidance weight `guidance_weight`,
     default config.sample.reconstruction_weight), 'replacement', or 'clean' (known frames enter the model
-    noise-free at timestep 0: needs a model trained with diffusion.frame_noise_prob > 0).
+    noise-free at timestep 0: needs a model trained with diffusion.frame_noise_prob or clean_prefix_prob > 0).
     """
     self.check_full_chain()
     configs = [self.config] + ([self.expert_config] if self.low_noise is not None else [])
-    if method == "clean" and not all(c.diffusion.get("frame_noise_prob", 0.0) for c in configs):
+    per_frame = lambda d: d.get("frame_noise_prob", 0.0) or d.get("clean_prefix_prob", 0.0)
+    if method == "clean" and not all(per_frame(c.diffusion) for c in configs):
       raise ValueError("method 'clean' feeds known frames at timestep 0 while the others are noisy: it needs a "
-                       "model trained with per-frame noise levels (diffusion.frame_noise_prob > 0); this one "
-                       "was not, use reconstruction or replacement")
+                       "model trained with per-frame noise levels (diffusion.frame_noise_prob or "
+                       "clean_prefix_prob > 0); this one was not, use reconstruction or replacement")
     stories = [[str(p) for p in s] for s in stories]
     if not stories or any(len(s) != len(stories[0]) or not s for s in stories):
       raise ValueError("give every video the same, non-zero number of prompts")

@@ -88,6 +88,7 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
     if d.num_frames % pt:
       p.append(f"data.num_frames={d.num_frames} must be divisible by model.temporal_patch_size={pt}")
     folded = {"diffusion.frame_noise_prob": c.diffusion.get("frame_noise_prob", 0.0),
+              "diffusion.clean_prefix_prob": c.diffusion.get("clean_prefix_prob", 0.0),
               "train.joint_images": c.train.get("joint_images", 0),
               "sample.frame_offset": c.sample.get("frame_offset", 0)}
     for name, value in folded.items():
@@ -111,7 +112,8 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
   _positive(p, "diffusion.timesteps", df.timesteps)
   if not df.get("schedule_shift", 1.0) > 0:
     p.append(f"diffusion.schedule_shift={df.schedule_shift}: must be > 0 (1 = unshifted)")
-  for name in ("cfg_drop_prob", "prob_focus_present", "high_noise_prob", "frame_noise_prob"):
+  for name in ("cfg_drop_prob", "prob_focus_present", "high_noise_prob", "frame_noise_prob",
+               "clean_prefix_prob"):
     v = df.get(name, 0.0)
     if not 0.0 <= v <= 1.0:
       p.append(f"diffusion.{name}={v}: must be a probability in [0, 1]")

@@ -166,7 +166,9 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
 
   num_images > 0 trains jointly on videos and images (`append_images`); condition dropout is then drawn
   per group (the video and each image independently), the timestep per sample. diffusion.frame_noise_prob
-  > 0 gives that fraction of the samples one independent timestep per frame (`losses.frame_timesteps`).
+  > 0 gives that fraction of the samples one independent timestep per frame (`losses.frame_timesteps`);
+  diffusion.clean_prefix_prob > 0 that fraction clean first frames and one level for the others, as video
+  prediction by 'clean' hands them (`losses.clean_prefix_timesteps`).
   diffusion.t_range (lo, hi) trains on the noise levels t/T in [lo, hi) only (an expert, `diffusion.experts`).
   diffusion.temporal_loss_weight λ > 0 adds λ times the error's deviation from its per-clip frame mean
   (`losses.temporal_deviation_loss`, over the video frames only). diffusion.loss_snr_clip (lo, hi) weighs
@@ -182,8 +184,12 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   t = losses.sample_timesteps(k_t, b, sched.num_timesteps, diffusion_cfg.get("high_noise_prob", 0.0),
                               diffusion_cfg.get("high_noise_from", 0.8), t_range)
   frame_noise_prob = diffusion_cfg.get("frame_noise_prob", 0.0)
-  if frame_noise_prob:
+  clean_prefix_prob = diffusion_cfg.get("clean_prefix_prob", 0.0)
+  if frame_noise_prob or clean_prefix_prob:
+    shared = t
     t = losses.frame_timesteps(k_frame_t, t, frames, sched.num_timesteps, frame_noise_prob, t_range)
+    t = losses.clean_prefix_timesteps(jax.random.fold_in(k_t, 2), shared, t, clean_prefix_prob,
+                                      frames - num_images)
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = gaussian.q_sample(sched, x0, t, noise)
   target = losses.training_target(sched, x0, t, noise, diffusion_cfg.prediction)
