@@ -173,10 +173,10 @@ def test_sample_story_long_video_and_super_resolution(workdir, tmp_path, capsys)
 
 def test_eval_story_and_extension_report_the_real_ceiling(workdir, capsys):
   out = _vidgen("eval", "--workdir", str(workdir), "--task", "story", "--num-frames", "16", "--steps", "2",
-                "--method", "replacement")
+                "--method", "replacement", "--seed", "1")
   assert "seen ceiling (real clips continued)" in out.stdout
-  metrics = json.loads((workdir / "eval" / "step_2_story_replacement" / "metrics.json").read_text())
-  assert metrics["task"] == "story" and metrics["num_frames"] == 16
+  metrics = json.loads((workdir / "eval" / "step_2_story_replacement_seed1" / "metrics.json").read_text())
+  assert metrics["task"] == "story" and metrics["num_frames"] == 16 and metrics["seed"] == 1
   assert len(metrics["scores"]["all"]["per_segment"]) == 2 and metrics["scores"]["all"]["num_videos"] == 38
   ceiling = metrics["ceiling_real"]
   assert ceiling["all"]["all_segments"] >= 0.95 and ceiling["heldout"]["num_videos"] == 14   # back and forth, 16 px

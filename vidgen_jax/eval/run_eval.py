@@ -1,6 +1,6 @@
 """`vidgen eval`: sample a fixed prompt set (seen and held-out combinations) and score it with the evaluator.
 
-Writes WORKDIR/eval/step_<N>[_<tag>]/{metrics.json, grid.png, samples.npz, grid.gif} and logs the metrics to
+Writes WORKDIR/eval/step_<N>[_<tag>][_seed<S>]/{metrics.json, grid.png, samples.npz, grid.gif} and logs the metrics to
 the workdir's TensorBoard under eval/. Reproducible from the seed. Every number comes with its ceiling and
 floors, computed on the same prompts at the same set size:
   real      procedurally rendered clips of the prompts (what a perfect generator would score)
@@ -162,7 +162,7 @@ def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: s
       "scores": scores, **({"experts": gen.experts} if gen.experts else {}),
       "evaluator": {"file": str(ev.ASSET.name), "accuracy": evaluator.meta.get("accuracy")},
   }
-  out = pathlib.Path(workdir) / "eval" / (f"step_{gen.step}" + (f"_{tag}" if tag else ""))
+  out = eval_dir(workdir, "_".join(filter(None, (f"step_{gen.step}", tag))), seed)
   out.mkdir(parents=True, exist_ok=True)
   (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
   (out / "readings.json").write_text(json.dumps(
@@ -174,6 +174,12 @@ def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: s
   _log_tensorboard(workdir, gen.step, scores["generated"], tag)
   metrics["dir"] = str(out)
   return metrics
+
+
+def eval_dir(workdir, name: str, seed: int) -> pathlib.Path:
+  """WORKDIR/eval/<name>, with _seed<seed> appended for a seed other than 0, so that evaluating the same
+  step with another seed adds a directory instead of overwriting the first one's samples and metrics."""
+  return pathlib.Path(workdir) / "eval" / (name + (f"_seed{seed}" if seed else ""))
 
 
 def _log_tensorboard(workdir, step, scores, tag):
