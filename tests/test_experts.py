@@ -1,6 +1,7 @@
 """Expert denoisers by noise level: the pure switch, its wiring into `vdm.sample`, and the generator pair."""
 import copy
 import functools
+import json
 import types
 
 import jax
@@ -235,10 +236,14 @@ def test_an_expert_writes_training_samples_with_the_model_it_was_fine_tuned_from
     got = loop.write_samples(low.run, types.SimpleNamespace(ema_params=low.params), tmp_path / "low", 4)
   np.testing.assert_array_equal(got, source_gen.with_low_noise_expert(low, 0.5).generate(prompts, seed=0))
   assert (tmp_path / "low" / "samples" / "step_4.gif").is_file()
+  assert json.loads((tmp_path / "low" / "samples" / "step_4.json").read_text())["experts"] == {   # who sampled
+      "low_noise_workdir": "(this run)", "low_noise_step": 4, "switch": 0.5, "low_noise_prediction": "v",
+      "high_noise_prediction": "x0", "high_noise_workdir": str(source)}
   assert f"t/T in [0, 0.5): {source} at step 7 denoises the other levels" in caplog.text
   split = high.with_init_source()   # the high expert above 0.5, its source below
   assert split.params[0] is high.params and split.low_noise.switch_t == high.run.sched.num_timesteps // 2
   assert split.experts["low_noise_workdir"] == str(source) and split.experts["low_noise_step"] == 7
+  assert split.experts["high_noise_workdir"] == "(this run)"
   with pytest.raises(generate.SamplesUnavailable, match="cannot give its train.init_from source the levels on both"):
     _trained_on(v_model, (0.3, 0.7), source).training_samples()
   with pytest.raises(generate.SamplesUnavailable,

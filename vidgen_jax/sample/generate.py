@@ -94,13 +94,14 @@ class Generator:
     return cls(run, state.ema_params, step)
 
   def training_samples(self, seed: int = 0):
-    """(videos, labels) written during training: one video per config.sample.prompts entry, with the run's
-    sampler settings. An expert for some noise levels (diffusion.t_range) samples in a split with the model
-    it was fine-tuned from (`with_init_source`)."""
+    """(videos, labels, info) written during training: one video per config.sample.prompts entry, with the
+    run's sampler settings. An expert for some noise levels (diffusion.t_range) samples in a split with the
+    model it was fine-tuned from (`with_init_source`); info then holds {"experts": the split}, else {}."""
     gen = self.with_init_source()
     prompts, s = list(self.config.sample.prompts), self.config.sample
-    return gen.generate(prompts, seed=seed, sampler=s.get("sampler"), steps=s.get("steps"),
-                        cond_scale=s.get("cond_scale")), prompts
+    videos = gen.generate(prompts, seed=seed, sampler=s.get("sampler"), steps=s.get("steps"),
+                          cond_scale=s.get("cond_scale"))
+    return videos, prompts, ({"experts": gen.experts} if gen.experts else {})
 
   def with_init_source(self) -> "Generator":
     """This generator if it samples a whole chain by itself; for an expert trained on the levels above (below)
@@ -127,6 +128,7 @@ class Generator:
         split = self.with_low_noise_expert(src, lo / num_timesteps, workdir=source)
       else:
         split = src.with_low_noise_expert(self, hi / num_timesteps, workdir="(this run)")
+      split.experts["high_noise_workdir"] = "(this run)" if lo > 0 else str(source)
     except (OSError, ValueError) as e:
       raise SamplesUnavailable(f"{alone}; pairing it with its train.init_from source failed: {e}") from None
     log.info("training samples of an expert for t/T in [%g, %g): %s at step %d denoises the other levels",

@@ -71,7 +71,7 @@ class TokenizerReconstructor(_FromWorkdir):
     real = run_eval.real_videos(prompts, seed, self.config.data.image_size, self.config.data.num_frames)
     recon = self.reconstruct(real)
     pairs = np.concatenate([real, recon], axis=3)                      # original | reconstruction
-    return pairs, [f"{p} (real | recon)" for p in prompts]
+    return pairs, [f"{p} (real | recon)" for p in prompts], {}
 
 
 class PhenakiGenerator(_FromWorkdir):
@@ -81,7 +81,7 @@ class PhenakiGenerator(_FromWorkdir):
 
   def training_samples(self, seed: int = 0):
     prompts = list(self.config.sample.prompts)
-    return self.generate(prompts, seed=seed), prompts
+    return self.generate(prompts, seed=seed), prompts, {}
 
   @functools.lru_cache(maxsize=8)
   def _decode_fn(self, batch, steps, cond_scale, temperature):

@@ -161,9 +161,10 @@ def _report(run, state, metrics, step, progress, writer):
 
 def write_samples(run, state, workdir, step, writer=None, seed=0):
   """The family's training samples (text to video: config.sample.prompts) from the EMA parameters, into
-  workdir/samples/step_<N>.{gif,npz}."""
+  workdir/samples/step_<N>.{gif,npz}; step_<N>.json lists the prompts and, for an expert, the split that
+  sampled them."""
   try:
-    videos, prompts = generate.generator_class(run.config).from_run(run, state, step).training_samples(seed)
+    videos, prompts, info = generate.generator_class(run.config).from_run(run, state, step).training_samples(seed)
   except generate.SamplesUnavailable as e:
     log.info("no training samples at step %d: %s", step, e)
     return None
@@ -173,7 +174,7 @@ def write_samples(run, state, workdir, step, writer=None, seed=0):
   out.mkdir(parents=True, exist_ok=True)
   video_io.write_videos(out / f"step_{step}.gif", videos, prompts, scale=2)
   video_io.write_videos(out / f"step_{step}.npz", videos, prompts)
-  (out / f"step_{step}.json").write_text(json.dumps({"prompts": prompts, "step": step}, indent=1))
+  (out / f"step_{step}.json").write_text(json.dumps({"prompts": prompts, "step": step, **info}, indent=1))
   if writer:
     writer.videos(step, videos, prompts)
   log.info("wrote %d sample videos to %s", len(prompts), out / f"step_{step}.gif")
