@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="super-resolve this low-resolution video (its side must divide the model's)")
   c.add_argument("--method", choices=("reconstruction", "replacement", "clean"), default="reconstruction",
                  help="how known frames condition the sampler (replacement: the baseline; clean: known "
-                      "frames at timestep 0, for models trained with diffusion.frame_noise_prob > 0)")
+                      "frames at timestep 0, for models trained with diffusion.frame_noise_prob or "
+                      "clean_prefix_prob > 0)")
   c.add_argument("--guidance-weight", type=float, default=None,
                  help="reconstruction guidance weight w_r (default: config sample.reconstruction_weight)")
   c.add_argument("--overlap", type=int, default=None, help="known frames per extension window (default: half)")

@@ -18,7 +18,8 @@ any sampler of `samplers` runs with prediction='x0':
 The gradient costs one backward pass through the (guided) model per step. The error is a sum over the
 observed elements of each sample, so w_r does not depend on the batch size.
 
-A third method needs a model trained with per-frame noise levels (diffusion.frame_noise_prob > 0):
+A third method needs a model trained with per-frame noise levels (diffusion.frame_noise_prob > 0, or
+diffusion.clean_prefix_prob > 0, which trains on exactly this input):
 * 'clean' (Diffusion Forcing, Chen et al. 2024): the known frames enter the model as they are, noise-free,
   with timestep 0, while the unknown frames carry the sampler's timestep; the model continues the video
   from frames it sees exactly, with no extra backward pass. Known frames of x̂0 are pasted.
