@@ -18,6 +18,12 @@ log = logging.getLogger("vidgen.sample")
 DEFAULT_RECONSTRUCTION_WEIGHT = 5.0   # configs/vdm_shapes.py sample.reconstruction_weight
 
 
+def trained_for_clean(diffusion_cfg) -> bool:
+  """Whether a model saw clean frames next to noisy ones in training (diffusion.frame_noise_prob or
+  clean_prefix_prob > 0), the input that conditioning by 'clean' gives it."""
+  return bool(diffusion_cfg.get("frame_noise_prob", 0.0) or diffusion_cfg.get("clean_prefix_prob", 0.0))
+
+
 class SamplesUnavailable(ValueError):
   """A model that cannot make training samples by itself (an expert for some noise levels only)."""
 
@@ -226,8 +232,7 @@ class Generator:
     """
     self.check_full_chain()
     configs = [self.config] + ([self.expert_config] if self.low_noise is not None else [])
-    per_frame = lambda d: d.get("frame_noise_prob", 0.0) or d.get("clean_prefix_prob", 0.0)
-    if method == "clean" and not all(per_frame(c.diffusion) for c in configs):
+    if method == "clean" and not all(trained_for_clean(c.diffusion) for c in configs):
       raise ValueError("method 'clean' feeds known frames at timestep 0 while the others are noisy: it needs a "
                        "model trained with per-frame noise levels (diffusion.frame_noise_prob or "
                        "clean_prefix_prob > 0); this one was not, use reconstruction or replacement")
