@@ -58,6 +58,7 @@ def test_validation_lists_every_problem():
   c.diffusion.high_noise_prob, c.diffusion.high_noise_from = 1.5, 1.0
   c.model.position_features = -1
   c.diffusion.frame_noise_prob = -0.1
+  c.diffusion.clean_prefix_prob = 1.5
   c.sample.frame_offset = -1
   c.model.temporal_patch_size = 3   # 4 frames
   c.diffusion.temporal_loss_weight = -1.0
@@ -69,12 +70,13 @@ def test_validation_lists_every_problem():
   for needle in ("data.image_size=15", "diffusion.prediction='score'", "train.batch_size/grad_accum=6",
                  "optim.ema_decay=1.5", "sample.steps=5000", "diffusion.high_noise_prob=1.5",
                  "diffusion.high_noise_from=1.0", "model.position_features=-1",
-                 "diffusion.frame_noise_prob=-0.1", "sample.frame_offset=-1",
+                 "diffusion.frame_noise_prob=-0.1", "diffusion.clean_prefix_prob=1.5", "sample.frame_offset=-1",
                  "data.num_frames=4 must be divisible by model.temporal_patch_size=3",
+                 "diffusion.clean_prefix_prob=1.5 works frame by frame",
                  "diffusion.temporal_loss_weight=-1.0: must be >= 0", "data.motions: unknown motion(s) ['spinning']",
                  "data.motion_weights: weight of 'growing' must be a finite number >= 0"):
     assert needle in msg, msg
-  assert len(e.value.problems) == 14
+  assert len(e.value.problems) == 16
   c = configs.load_config_file("configs/vdm_shapes.py:runlocal=True")
   c.diffusion.prediction, c.diffusion.temporal_loss_weight = "v", 2.0
   with pytest.raises(validation.ConfigError, match="needs diffusion.prediction='x0', got 'v'"):
