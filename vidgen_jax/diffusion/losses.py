@@ -111,7 +111,7 @@ def clean_prefix_timesteps(rng, t, frame_t, clean_prefix_prob, video_frames=None
   index = jnp.arange(frames)[None]
   prefix = jnp.where(index < known, 0, jnp.where(index < video_frames, t[:, None], frame_t))
   pick = jax.random.bernoulli(k_pick, clean_prefix_prob, (b, 1))
-  return jnp.where(pick, prefix, frame_t).astype(frame_t.dtype)
+  return jnp.where(pick, prefix, frame_t)
 
 
 def training_target(sched, x0, t, noise, prediction="eps"):

@@ -170,7 +170,7 @@ def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0,
   tag = "reconstruction" if task == "superres" else method
   if tag == "reconstruction":
     tag += f"_w{gen._weight(guidance_weight):g}"
-  out = run_eval.eval_dir(workdir, "_".join(filter(None, (f"step_{gen.step}_{task}_{tag}", gen.tag))), seed)
+  out = run_eval.eval_dir(workdir, seed, f"step_{gen.step}_{task}_{tag}", gen.tag)
   out.mkdir(parents=True, exist_ok=True)
   (out / "metrics.json").write_text(json.dumps(result, indent=1))
   video_io.write_videos(out / "samples.npz", videos, prompts)

@@ -162,7 +162,7 @@ def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: s
       "scores": scores, **({"experts": gen.experts} if gen.experts else {}),
       "evaluator": {"file": str(ev.ASSET.name), "accuracy": evaluator.meta.get("accuracy")},
   }
-  out = eval_dir(workdir, "_".join(filter(None, (f"step_{gen.step}", tag))), seed)
+  out = eval_dir(workdir, seed, f"step_{gen.step}", tag)
   out.mkdir(parents=True, exist_ok=True)
   (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
   (out / "readings.json").write_text(json.dumps(
@@ -176,10 +176,10 @@ def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: s
   return metrics
 
 
-def eval_dir(workdir, name: str, seed: int) -> pathlib.Path:
-  """WORKDIR/eval/<name>, with _seed<seed> appended for a seed other than 0, so that evaluating the same
-  step with another seed adds a directory instead of overwriting the first one's samples and metrics."""
-  return pathlib.Path(workdir) / "eval" / (name + (f"_seed{seed}" if seed else ""))
+def eval_dir(workdir, seed: int, *parts: str) -> pathlib.Path:
+  """WORKDIR/eval/<the non-empty parts joined by _>, with seed<seed> added for a seed other than 0, so that
+  evaluating the same step with another seed adds a directory instead of overwriting the first one's."""
+  return pathlib.Path(workdir) / "eval" / "_".join(filter(None, (*parts, f"seed{seed}" if seed else "")))
 
 
 def _log_tensorboard(workdir, step, scores, tag):

@@ -50,13 +50,14 @@ class Generator:
     return f"experts_s{self.experts['switch']:g}" + ("" if scale is None else f"_g{scale:g}")
 
   def with_low_noise_expert(self, expert: "Generator", switch: float, workdir: str = "",
-                            cond_scale: float | None = None) -> "Generator":
+                            cond_scale: float | None = None, high_noise_workdir: str = "") -> "Generator":
     """A generator whose steps at noise level t/T >= `switch` run this model and the others `expert`'s.
 
     The two may differ in parametrisation and architecture but must share the noise schedule, the text
     encoder and the video shape (a clear error otherwise). switch 0 samples with this model alone, 1 with
     the expert alone. `cond_scale` guides the expert's steps with their own classifier-free guidance weight
-    (None: the one the sampler is given for both)."""
+    (None: the one the sampler is given for both). `workdir` and `high_noise_workdir` name the two models in
+    `experts` (the latter only when given: an evaluation writes into this model's own workdir)."""
     cond_scale = None if cond_scale is None else float(cond_scale)
     if cond_scale is not None and not cond_scale >= 0:
       raise ValueError(f"the low-noise guidance weight must be >= 0, got {cond_scale}")
@@ -75,6 +76,8 @@ class Generator:
                      "high_noise_prediction": self.config.diffusion.prediction}
     if cond_scale is not None:
       split.experts["low_noise_cond_scale"] = cond_scale
+    if high_noise_workdir:
+      split.experts["high_noise_workdir"] = str(high_noise_workdir)
     split.expert_config = expert.config
     return split
 
@@ -131,10 +134,9 @@ class Generator:
     try:
       src = Generator.from_workdir(source, step=None if step < 0 else step, chunk=self.chunk, like=self.run)
       if lo > 0:
-        split = self.with_low_noise_expert(src, lo / num_timesteps, workdir=source)
+        split = self.with_low_noise_expert(src, lo / num_timesteps, workdir=source, high_noise_workdir="(this run)")
       else:
-        split = src.with_low_noise_expert(self, hi / num_timesteps, workdir="(this run)")
-      split.experts["high_noise_workdir"] = "(this run)" if lo > 0 else str(source)
+        split = src.with_low_noise_expert(self, hi / num_timesteps, workdir="(this run)", high_noise_workdir=source)
     except (OSError, ValueError) as e:
       raise SamplesUnavailable(f"{alone}; pairing it with its train.init_from source failed: {e}") from None
     log.info("training samples of an expert for t/T in [%g, %g): %s at step %d denoises the other levels",

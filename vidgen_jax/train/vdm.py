@@ -186,9 +186,8 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   frame_noise_prob = diffusion_cfg.get("frame_noise_prob", 0.0)
   clean_prefix_prob = diffusion_cfg.get("clean_prefix_prob", 0.0)
   if frame_noise_prob or clean_prefix_prob:
-    shared = t
-    t = losses.frame_timesteps(k_frame_t, t, frames, sched.num_timesteps, frame_noise_prob, t_range)
-    t = losses.clean_prefix_timesteps(jax.random.fold_in(k_t, 2), shared, t, clean_prefix_prob,
+    frame_t = losses.frame_timesteps(k_frame_t, t, frames, sched.num_timesteps, frame_noise_prob, t_range)
+    t = losses.clean_prefix_timesteps(jax.random.fold_in(k_t, 2), t, frame_t, clean_prefix_prob,
                                       frames - num_images)
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = gaussian.q_sample(sched, x0, t, noise)
