@@ -67,6 +67,10 @@ def get_config(arg=None):
   c.data.split = "train"            # moving shapes: train excludes the held-out combinations
   c.data.motions = ""               # moving shapes: comma-separated motions to train on only; "" = all
   c.data.motion_weights = ""        # moving shapes: "rotating clockwise=4, ...": a motion's clips w times as often
+  # moving shapes: this fraction of the clips turn round (our addition; MovingShapes): the first k frames
+  # (k uniform in [1, frames/2]) run opposite to the caption's motion and are given to the model clean, as the
+  # context of a story's scene change ("right" then "left"); the loss trains the rest. 0 = plain clips.
+  c.data.reversal_prob = 0.0
   c.data.pad = "zeros"              # folder clips shorter than num_frames: zeros | last
   c.data.seed = 0
 

@@ -158,9 +158,12 @@ def test_generator_split_refuses_what_cannot_share_a_chain():
     split.with_low_noise_expert(low, 0.5)
   with pytest.raises(ValueError, match="frame_noise_prob"):   # neither was trained with per-frame noise
     split.generate_long([["a red circle moving left"]], method="clean")
-  assert not generate.trained_for_clean(ml_collections.ConfigDict(dict(frame_noise_prob=0.0)))
-  assert all(generate.trained_for_clean(ml_collections.ConfigDict({name: 0.5}))
+  config = lambda diffusion, data: ml_collections.ConfigDict(dict(diffusion=diffusion, data=data))
+  assert not generate.trained_for_clean(config(dict(frame_noise_prob=0.0), dict(reversal_prob=0.0)))
+  assert not generate.trained_for_clean(config({}, {}))   # configs written before the options existed
+  assert all(generate.trained_for_clean(config({name: 0.5}, {}))
              for name in ("frame_noise_prob", "clean_prefix_prob"))
+  assert generate.trained_for_clean(config({}, dict(reversal_prob=0.5)))
   with pytest.raises(ValueError, match="low-noise workdir"):
     generate.load_generator("unused", low_noise_step=3)
 

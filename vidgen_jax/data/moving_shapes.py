@@ -39,6 +39,7 @@ every colour, shape and motion, and every pair inside each held-out triple, stil
 
 Each example of `MovingShapes` is a dict of numpy values (so grain can batch it): 'video' uint8 (T, H, W, 3),
 'caption' str, 'colour' / 'shape' / 'motion' np.int32 indices into `COLOURS` / `SHAPES` / `MOTIONS`, and
+'turn_frame' np.int32 (0, or where a reversal clip turns: `MovingShapes`), and
 'params' float32 of length 8 in the order of `PARAM_KEYS`:
 (x0, y0, x1, y1, size0, size1, angle0, angle1) = centre at the first / last frame, size at the first / last
 frame, angle in degrees at the first / last frame.
@@ -302,9 +303,23 @@ def params_from_vector(vector, colour, shape, motion):
   return {'colour': c, 'shape': s, 'motion': m, **{k: float(v) for k, v in zip(PARAM_KEYS, vector)}}
 
 
-def _frame_values(params, key0, key1, num_frames):
-  t = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
-  return (params[key0] + (params[key1] - params[key0]) * t).astype(np.float32)[:, None, None]
+def linear_progress(num_frames):
+  """The default trajectory position of each frame: 0 at frame 0 to 1 at the last frame, linearly."""
+  return np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
+
+
+def reversal_progress(num_frames, turn_frame):
+  """Trajectory positions of a reversal clip: the object reaches the start of its trajectory at frame
+  `turn_frame` moving backwards, then runs forwards at the same speed (|f - turn_frame| / (num_frames - 1)),
+  so frames before `turn_frame` show the opposite motion. Every position stays in [0, 1], inside the
+  trajectory that `sample_params` fitted into the frame."""
+  if not 0 <= turn_frame < num_frames:
+    raise ValueError(f'turn_frame must be in [0, {num_frames}), got {turn_frame}.')
+  return np.abs(np.arange(num_frames) - turn_frame) / max(num_frames - 1, 1)
+
+
+def _frame_values(params, key0, key1, progress):
+  return (params[key0] + (params[key1] - params[key0]) * np.asarray(progress)).astype(np.float32)[:, None, None]
 
 
 def _inside(shape, dx, dy, size, angle):
@@ -335,14 +350,21 @@ def _pixel_box(cx, cy, reach, image_size):
   return bounds(cx), bounds(cy)
 
 
-def render(params, image_size, num_frames):
-  """uint8 (num_frames, image_size, image_size, 3) video of the object described by `params`."""
+def render(params, image_size, num_frames, progress=None):
+  """uint8 (num_frames, image_size, image_size, 3) video of the object described by `params`.
+
+  progress: optional (num_frames,) position of each frame along the trajectory (0 = the `..0` values of
+  `params`, 1 = the `..1` values; others interpolate or extrapolate linearly); default `linear_progress`.
+  Frames whose size comes out <= 0 are black."""
   _check_sizes(image_size, num_frames)
+  progress = linear_progress(num_frames) if progress is None else np.asarray(progress, np.float64)
+  if progress.shape != (num_frames,):
+    raise ValueError(f'progress must have shape ({num_frames},), got {progress.shape}.')
   shape = SHAPES[params['shape']]
-  cx = _frame_values(params, 'x0', 'x1', num_frames) * image_size
-  cy = _frame_values(params, 'y0', 'y1', num_frames) * image_size
-  size = _frame_values(params, 'size0', 'size1', num_frames) * image_size
-  angle = np.deg2rad(_frame_values(params, 'angle0', 'angle1', num_frames))
+  cx = _frame_values(params, 'x0', 'x1', progress) * image_size
+  cy = _frame_values(params, 'y0', 'y1', progress) * image_size
+  size = _frame_values(params, 'size0', 'size1', progress) * image_size
+  angle = np.deg2rad(_frame_values(params, 'angle0', 'angle1', progress))
   # Only the pixels that the trajectory can touch are supersampled.
   (x_lo, x_hi), (y_lo, y_hi) = _pixel_box(cx, cy, size * _extent_factor(shape, True) + 1, image_size)
   sub = SUPERSAMPLE
@@ -356,6 +378,7 @@ def render(params, image_size, num_frames):
   video = np.zeros((num_frames, image_size, image_size, 3), np.uint8)
   # Coverage * colour, rounded half up in integers: interior pixels (count == full) get the exact RGB.
   video[:, y_lo:y_hi, x_lo:x_hi] = (2 * count[..., None] * rgb + full) // (2 * full)
+  video[size[:, 0, 0] <= 0] = 0
   return video
 
 
@@ -368,10 +391,19 @@ class MovingShapes:
   `parse_motion_weights`) draws each combination with probability proportional to its motion's weight
   instead (default 1): the share of a motion's clips is multiplied by w before renormalising, e.g. to
   oversample motions a model learns slowly without dropping the others. Weight 0 leaves a motion out.
+
+  `reversal_prob` > 0 turns that fraction of the clips into reversal clips (`reversal_progress`): the object
+  runs backwards along the captioned motion for the first `turn_frame` frames (uniform in [1, num_frames // 2])
+  and then forwards, so the caption describes the frames from `turn_frame` on, and the frames before it show
+  the opposite motion. That is what a multi-prompt story asks at a scene change (`run_eval.story_prompts`:
+  right, left, ...): continue the last frames of one motion with the text's new one. The example's
+  'turn_frame' (np.int32, 0 for ordinary clips) says where; a trainer must hand the frames before it to the
+  model as known context, never as frames to generate from the caption (`vdm.loss_fn`). The draws of
+  ordinary clips are the same as with reversal_prob 0, whose clips are exactly those of earlier versions.
   """
 
   def __init__(self, num_examples=100_000, image_size=32, num_frames=8, seed=0, split='train', motions=None,
-               motion_weights=None):
+               motion_weights=None, reversal_prob=0.0):
     _check_sizes(image_size, num_frames)
     if operator.index(num_examples) < 1:
       raise ValueError(f'num_examples must be >= 1, got {num_examples}.')
@@ -381,6 +413,11 @@ class MovingShapes:
     self.image_size = int(image_size)
     self.num_frames = int(num_frames)
     self.seed = int(seed)
+    self.reversal_prob = float(reversal_prob)
+    if not 0.0 <= self.reversal_prob <= 1.0:
+      raise ValueError(f'reversal_prob must be a probability in [0, 1], got {reversal_prob}.')
+    if self.reversal_prob and self.num_frames < 2:
+      raise ValueError(f'reversal clips need num_frames >= 2 (frames before and after the turn), got {num_frames}.')
     self.split = split
     self.motions = parse_motions(motions)
     self._combos = combinations(split)
@@ -409,13 +446,18 @@ class MovingShapes:
     rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index])
     combo = self._combos[self._draw(rng)]
     params = sample_params(rng, combo, self.image_size, self.num_frames)
+    turn_frame, progress = 0, None
+    if self.reversal_prob and rng.random() < self.reversal_prob:   # drawn after the geometry: it is unchanged
+      turn_frame = int(rng.integers(1, self.num_frames // 2 + 1))
+      progress = reversal_progress(self.num_frames, turn_frame)
     return {
-        'video': render(params, self.image_size, self.num_frames),
+        'video': render(params, self.image_size, self.num_frames, progress),
         'caption': caption(*combo),
         'colour': np.int32(combo[0]),
         'shape': np.int32(combo[1]),
         'motion': np.int32(combo[2]),
         'params': params_to_vector(params),
+        'turn_frame': np.int32(turn_frame),
     }
 
   def _draw(self, rng):
@@ -427,4 +469,4 @@ class MovingShapes:
   def __repr__(self):
     return (f'MovingShapes(num_examples={self.num_examples}, image_size={self.image_size}, '
             f'num_frames={self.num_frames}, seed={self.seed}, split={self.split!r}, motions={self.motions!r}, '
-            f'motion_weights={self.motion_weights!r})')
+            f'motion_weights={self.motion_weights!r}, reversal_prob={self.reversal_prob!r})')

@@ -21,7 +21,8 @@ def make_source(data_cfg):
     return moving_shapes.MovingShapes(num_examples=data_cfg.num_examples, image_size=data_cfg.image_size,
                                       num_frames=data_cfg.num_frames, seed=data_cfg.seed, split=data_cfg.split,
                                       motions=data_cfg.get("motions") or None,
-                                      motion_weights=data_cfg.get("motion_weights") or None)
+                                      motion_weights=data_cfg.get("motion_weights") or None,
+                                      reversal_prob=data_cfg.get("reversal_prob", 0.0))
   if data_cfg.source == "folder":
     return folder_lib.VideoFolder(data_cfg.folder, image_size=data_cfg.image_size,
                                   num_frames=data_cfg.num_frames, pad=data_cfg.pad)

@@ -107,11 +107,25 @@ def clean_prefix_timesteps(rng, t, frame_t, clean_prefix_prob, video_frames=None
   if video_frames < 2:
     raise ValueError(f"clean_prefix_prob needs clips of at least 2 frames to give some of them, got {video_frames}")
   k_known, k_pick = jax.random.split(rng)
-  known = jax.random.randint(k_known, (b, 1), 1, video_frames // 2 + 1)
+  known = jax.random.randint(k_known, (b,), 1, video_frames // 2 + 1)
+  pick = jax.random.bernoulli(k_pick, clean_prefix_prob, (b,))
+  return known_prefix_timesteps(t, frame_t, jnp.where(pick, known, 0), video_frames)
+
+
+def known_prefix_timesteps(t, frame_t, known, video_frames=None):
+  """(B, frames) timesteps: a sample with known[i] = k > 0 gets its first k frames clean (timestep 0) and its
+  other video frames at its own level t[i]; a sample with k = 0 keeps `frame_t` (B, frames). Frames from
+  `video_frames` on (joint training's appended images) always keep `frame_t`.
+
+  The frames that the data says are context, not the caption's (a reversal clip's frames before its turn,
+  `MovingShapes(reversal_prob=...)`), enter the model as the 'clean' method's known frames do.
+  """
+  frames = frame_t.shape[1]
+  video_frames = frames if video_frames is None else video_frames
   index = jnp.arange(frames)[None]
+  known = jnp.asarray(known)[:, None]
   prefix = jnp.where(index < known, 0, jnp.where(index < video_frames, t[:, None], frame_t))
-  pick = jax.random.bernoulli(k_pick, clean_prefix_prob, (b, 1))
-  return jnp.where(pick, prefix, frame_t)
+  return jnp.where(known > 0, prefix, frame_t)
 
 
 def training_target(sched, x0, t, noise, prediction="eps"):

@@ -59,24 +59,18 @@ def continued_real_videos(prompts, seed: int, num_frames: int, image_size: int =
   object stays in the frame, and segment k shows the prompt's motion for even k and its opposite for odd k
   (`story_prompts`).
   """
+  frames = np.arange(num_frames)
+  if back_and_forth:
+    u = (frames / clip_frames) % 2.0
+    progress = np.where(u <= 1.0, u, 2.0 - u)
+  else:
+    progress = frames / max(clip_frames - 1, 1)
   out = []
   for i, p in enumerate(prompts):
     combo = moving_shapes.parse_caption(p)
     rng = np.random.default_rng([_REAL_SEED_OFFSET, seed, i])
     params = moving_shapes.sample_params(rng, combo, image_size, clip_frames)
-    video = np.zeros((num_frames, image_size, image_size, 3), np.uint8)
-    for f in range(num_frames):
-      if back_and_forth:
-        u = (f / clip_frames) % 2.0
-        s = u if u <= 1.0 else 2.0 - u
-      else:
-        s = f / max(clip_frames - 1, 1)
-      at = {k: params[k + "0"] + (params[k + "1"] - params[k + "0"]) * s for k in ("x", "y", "size", "angle")}
-      if at["size"] <= 0:
-        continue
-      frame = dict(params, **{k + end: v for k, v in at.items() for end in "01"})
-      video[f] = moving_shapes.render(frame, image_size, 1)[0]
-    out.append(video)
+    out.append(moving_shapes.render(params, image_size, num_frames, progress))
   return np.stack(out)
 
 

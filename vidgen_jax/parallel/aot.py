@@ -213,6 +213,7 @@ def abstract_batch(run) -> dict:
   if "text_tokens" in sh:
     shapes["text_tokens"] = ((b, c.text.max_length, run.text_encoder.dim), np.float32)
     shapes["text_mask"] = ((b, c.text.max_length), np.bool_)
+  shapes["turn_frame"] = ((b,), np.int32)   # with data.reversal_prob > 0 only
   return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=sh[k]) for k in sh}
 
 

@@ -18,10 +18,13 @@ log = logging.getLogger("vidgen.sample")
 DEFAULT_RECONSTRUCTION_WEIGHT = 5.0   # configs/vdm_shapes.py sample.reconstruction_weight
 
 
-def trained_for_clean(diffusion_cfg) -> bool:
+def trained_for_clean(config) -> bool:
   """Whether a model saw clean frames next to noisy ones in training (diffusion.frame_noise_prob or
-  clean_prefix_prob > 0), the input that conditioning by 'clean' gives it."""
-  return bool(diffusion_cfg.get("frame_noise_prob", 0.0) or diffusion_cfg.get("clean_prefix_prob", 0.0))
+  clean_prefix_prob > 0, or data.reversal_prob > 0, whose clips give their frames before the turn clean),
+  the input that conditioning by 'clean' gives it."""
+  d = config.diffusion
+  return bool(d.get("frame_noise_prob", 0.0) or d.get("clean_prefix_prob", 0.0)
+              or config.get("data", {}).get("reversal_prob", 0.0))
 
 
 class SamplesUnavailable(ValueError):
@@ -234,10 +237,10 @@ class Generator:
     """
     self.check_full_chain()
     configs = [self.config] + ([self.expert_config] if self.low_noise is not None else [])
-    if method == "clean" and not all(trained_for_clean(c.diffusion) for c in configs):
+    if method == "clean" and not all(trained_for_clean(c) for c in configs):
       raise ValueError("method 'clean' feeds known frames at timestep 0 while the others are noisy: it needs a "
                        "model trained with per-frame noise levels (diffusion.frame_noise_prob or "
-                       "clean_prefix_prob > 0); this one was not, use reconstruction or replacement")
+                       "clean_prefix_prob > 0, or data.reversal_prob > 0); this one was not, use reconstruction or replacement")
     stories = [[str(p) for p in s] for s in stories]
     if not stories or any(len(s) != len(stories[0]) or not s for s in stories):
       raise ValueError("give every video the same, non-zero number of prompts")

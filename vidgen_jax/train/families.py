@@ -3,6 +3,7 @@
 A family module provides:
   NEEDS_TEXT                 bool: whether build_run loads the config's text encoder
   BATCH_NDIMS                {batch key: ndim} of the arrays the train step receives (leading axis = batch)
+  batch_ndims(config) -> dict                       optional: BATCH_NDIMS when some keys depend on the config
   validate(config, num_devices, num_processes)      raises ConfigError listing every problem
   build_components(config, text_encoder) -> dict    'model' (required), 'sched', 'optimizer' ((tx, lr_fn);
                                                     default: state.make_optimizer), anything else -> Run.parts

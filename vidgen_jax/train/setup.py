@@ -36,7 +36,8 @@ class Run:
 
   def batch_shardings(self) -> dict:
     """Shardings of the device part of a batch: leading (batch) axis over data x fsdp."""
-    return {k: sharding_lib.batch_sharding(self.mesh, n, self.rules) for k, n in self.family.BATCH_NDIMS.items()}
+    ndims = self.family.batch_ndims(self.config) if hasattr(self.family, "batch_ndims") else self.family.BATCH_NDIMS
+    return {k: sharding_lib.batch_sharding(self.mesh, n, self.rules) for k, n in ndims.items()}
 
   def jit_train_step(self):
     """The jitted train step fn(state, batch) with explicit shardings; the incoming state is donated.

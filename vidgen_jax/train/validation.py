@@ -50,6 +50,14 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
     moving_shapes.parse_motion_weights(d.get("motion_weights") or None)
   except ValueError as e:
     p.append(f"data.motion_weights: {e}")
+  reversal = d.get("reversal_prob", 0.0)
+  if not 0.0 <= reversal <= 1.0:
+    p.append(f"data.reversal_prob={reversal}: must be a probability in [0, 1]")
+  elif reversal > 0 and d.source != "moving_shapes":
+    p.append(f"data.reversal_prob={reversal} renders reversal clips of the moving-shapes set; data.source="
+             f"{d.source!r} has none: set it to 0")
+  elif reversal > 0 and d.num_frames < 2:
+    p.append(f"data.reversal_prob={reversal} needs data.num_frames >= 2 (frames before and after the turn)")
   _choice(p, "data.pad", d.pad, ("zeros", "last"))
   _positive(p, "data.num_frames", d.num_frames)
   _positive(p, "data.num_examples", d.num_examples)
@@ -89,6 +97,7 @@ def vdm_problems(c, num_devices: int, num_processes: int = 1) -> list[str]:
       p.append(f"data.num_frames={d.num_frames} must be divisible by model.temporal_patch_size={pt}")
     folded = {"diffusion.frame_noise_prob": c.diffusion.get("frame_noise_prob", 0.0),
               "diffusion.clean_prefix_prob": c.diffusion.get("clean_prefix_prob", 0.0),
+              "data.reversal_prob": d.get("reversal_prob", 0.0),
               "train.joint_images": c.train.get("joint_images", 0),
               "sample.frame_offset": c.sample.get("frame_offset", 0)}
     for name, value in folded.items():

@@ -4,6 +4,7 @@ Batches are dicts of global arrays:
   video        uint8  (B, T, H, W, 3)
   text_tokens  float  (B, L, D)   token embeddings of the caption from the text encoder
   text_mask    bool   (B, L)
+  turn_frame   int32  (B,)       only with data.reversal_prob > 0: frames before it are context (`loss_fn`)
 The pooled text condition (masked mean of the tokens) feeds the U-Net's FiLM path; the tokens feed its
 cross-attention.
 """
@@ -22,6 +23,11 @@ from vidgen_jax.train import state as state_lib
 # ---- the family interface (vidgen_jax.train.families) ----
 NEEDS_TEXT = True
 BATCH_NDIMS = {"video": 5, "text_tokens": 3, "text_mask": 2}
+
+
+def batch_ndims(config) -> dict:
+  """BATCH_NDIMS, and 'turn_frame' (B,) when the data has reversal clips (data.reversal_prob > 0)."""
+  return {**BATCH_NDIMS, "turn_frame": 1} if config.data.get("reversal_prob", 0.0) > 0 else dict(BATCH_NDIMS)
 
 
 def validate(config, num_devices: int, num_processes: int = 1):
@@ -168,7 +174,9 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   per group (the video and each image independently), the timestep per sample. diffusion.frame_noise_prob
   > 0 gives that fraction of the samples one independent timestep per frame (`losses.frame_timesteps`);
   diffusion.clean_prefix_prob > 0 that fraction clean first frames and one level for the others, as video
-  prediction by 'clean' hands them (`losses.clean_prefix_timesteps`).
+  prediction by 'clean' hands them (`losses.clean_prefix_timesteps`). A batch with 'turn_frame' (B,) (the
+  data's reversal clips, data.reversal_prob) gives each sample's frames before its turn frame at level 0
+  and the rest at its t (`losses.known_prefix_timesteps`): they are context, not the caption's motion.
   diffusion.t_range (lo, hi) trains on the noise levels t/T in [lo, hi) only (an expert, `diffusion.experts`).
   diffusion.temporal_loss_weight λ > 0 adds λ times the error's deviation from its per-clip frame mean
   (`losses.temporal_deviation_loss`, over the video frames only). diffusion.loss_snr_clip (lo, hi) weighs
@@ -177,6 +185,7 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   """
   k_t, k_noise, k_null, k_focus, k_images = jax.random.split(rng, 5)
   k_frame_t = jax.random.fold_in(k_t, 1)
+  turn_frame = batch.get("turn_frame")
   batch = append_images(batch, num_images, k_images)
   x0 = to_model_space(batch["video"])
   b, frames = x0.shape[:2]
@@ -185,10 +194,13 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
                               diffusion_cfg.get("high_noise_from", 0.8), t_range)
   frame_noise_prob = diffusion_cfg.get("frame_noise_prob", 0.0)
   clean_prefix_prob = diffusion_cfg.get("clean_prefix_prob", 0.0)
-  if frame_noise_prob or clean_prefix_prob:
+  if frame_noise_prob or clean_prefix_prob or turn_frame is not None:
     frame_t = losses.frame_timesteps(k_frame_t, t, frames, sched.num_timesteps, frame_noise_prob, t_range)
-    t = losses.clean_prefix_timesteps(jax.random.fold_in(k_t, 2), t, frame_t, clean_prefix_prob,
-                                      frames - num_images)
+    frame_t = losses.clean_prefix_timesteps(jax.random.fold_in(k_t, 2), t, frame_t, clean_prefix_prob,
+                                            frames - num_images)
+    if turn_frame is not None:
+      frame_t = losses.known_prefix_timesteps(t, frame_t, turn_frame, frames - num_images)
+    t = frame_t
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = gaussian.q_sample(sched, x0, t, noise)
   target = losses.training_target(sched, x0, t, noise, diffusion_cfg.prediction)
