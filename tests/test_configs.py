@@ -64,6 +64,7 @@ def test_validation_lists_every_problem():
   c.diffusion.temporal_loss_weight = -1.0
   c.data.motions = "moving left, spinning"
   c.data.motion_weights = "growing=-2"
+  c.data.reversal_prob = 1.5
   with pytest.raises(validation.ConfigError) as e:
     validation.validate_vdm(c, num_devices=8)
   msg = str(e.value)
@@ -74,9 +75,10 @@ def test_validation_lists_every_problem():
                  "data.num_frames=4 must be divisible by model.temporal_patch_size=3",
                  "diffusion.clean_prefix_prob=1.5 works frame by frame",
                  "diffusion.temporal_loss_weight=-1.0: must be >= 0", "data.motions: unknown motion(s) ['spinning']",
-                 "data.motion_weights: weight of 'growing' must be a finite number >= 0"):
+                 "data.motion_weights: weight of 'growing' must be a finite number >= 0",
+                 "data.reversal_prob=1.5: must be a probability", "data.reversal_prob=1.5 works frame by frame"):
     assert needle in msg, msg
-  assert len(e.value.problems) == 16
+  assert len(e.value.problems) == 18
   c = configs.load_config_file("configs/vdm_shapes.py:runlocal=True")
   c.diffusion.prediction, c.diffusion.temporal_loss_weight = "v", 2.0
   with pytest.raises(validation.ConfigError, match="needs diffusion.prediction='x0', got 'v'"):
@@ -92,6 +94,13 @@ def test_validation_lists_every_problem():
     validation.validate_vdm(c, num_devices=1)
   c.diffusion.loss = "l2"
   validation.validate_vdm(c, num_devices=1)
+  c.data.source, c.data.folder, c.data.reversal_prob = "folder", "clips", 0.3
+  with pytest.raises(validation.ConfigError, match="data.source='folder' has none"):
+    validation.validate_vdm(c, num_devices=1)
+  c.data.source, c.data.num_frames = "moving_shapes", 1
+  with pytest.raises(validation.ConfigError, match=r"needs data.num_frames >= 2"):
+    validation.validate_vdm(c, num_devices=1)
+  c.data.num_frames = 4
   for t_range, needle in [((0.5, 0.5), "diffusion.t_range=(0.5, 0.5): needs 0 <= lo < hi <= 1"),
                           ((0.5,), "diffusion.t_range must be () or (lo, hi)")]:
     c.diffusion.t_range = t_range

@@ -503,6 +503,25 @@ def test_clean_prefix_timesteps_hand_the_model_what_prediction_by_clean_does():
     losses.clean_prefix_timesteps(key, jnp.asarray(t), jnp.asarray(frame_t), 0.5, video_frames=1)
 
 
+def test_known_prefix_timesteps_give_each_sample_its_own_clean_frames():
+  """known[i] = k > 0: sample i's first k frames at level 0 and its other video frames at t[i]; k = 0 and the
+  appended images keep frame_t. The refactored clean_prefix_timesteps draws exactly what it drew before."""
+  from vidgen_jax.diffusion import losses
+  t = jnp.array([500, 600, 700])
+  frame_t = jnp.arange(30).reshape(3, 10) + 1
+  out = np.asarray(losses.known_prefix_timesteps(t, frame_t, jnp.array([0, 2, 4]), video_frames=8))
+  np.testing.assert_array_equal(out[0], frame_t[0])
+  np.testing.assert_array_equal(out[1], [0, 0] + [600] * 6 + [19, 20])
+  np.testing.assert_array_equal(out[2], [0] * 4 + [700] * 4 + [29, 30])
+  key = jax.random.key(3)
+  k_known, k_pick = jax.random.split(key)   # the draw written out as it was before the refactor
+  known = jax.random.randint(k_known, (3, 1), 1, 5)
+  pick = jax.random.bernoulli(k_pick, 0.5, (3, 1))
+  index = jnp.arange(10)[None]
+  before = jnp.where(pick, jnp.where(index < known, 0, jnp.where(index < 8, t[:, None], frame_t)), frame_t)
+  np.testing.assert_array_equal(losses.clean_prefix_timesteps(key, t, frame_t, 0.5, 8), before)
+
+
 def test_t_range_trains_an_expert_on_its_noise_levels_only():
   """diffusion.t_range (lo, hi): every clip's level, or its noisiest frame's with per-frame levels (the one an
   expert split decides by), lies in [lo T, hi T), rounded as the expert switch is; its other frames lie
@@ -553,6 +572,17 @@ def test_t_range_trains_an_expert_on_its_noise_levels_only():
   vdm.loss_fn({"params": {"scale": jnp.ones(())}}, Recorder(), sched, cfg, batch, jax.random.key(1))
   levels = seen[-1]
   assert (levels[:, 0] == 0).all() and (levels[:, 1] == levels[:, 2]).all() and levels[:, 1].min() >= 500
+  cfg.clean_prefix_prob = 0.0      # reversal clips: the frames before each one's turn clean, whatever else
+  turn = np.arange(64) % 3         # 0 (an ordinary clip), 1 or 2
+  vdm.loss_fn({"params": {"scale": jnp.ones(())}}, Recorder(), sched, cfg, dict(batch, turn_frame=turn),
+              jax.random.key(1))
+  levels, before = seen[-1], np.arange(3)[None] < turn[:, None]
+  turned = turn > 0
+  assert (levels[before] == 0).all()
+  np.testing.assert_array_equal(levels[turned][~before[turned]],   # the rest of a turned clip at its level
+                                np.repeat(levels[turned, 2], 3 - turn[turned]))
+  assert levels[turned, 2].min() >= 500
+  assert not (levels[~turned] == levels[~turned, :1]).all()   # ordinary clips keep their per-frame levels
 
 
 def test_temporal_deviation_loss_weighs_only_the_error_that_changes_over_frames():

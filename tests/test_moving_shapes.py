@@ -305,3 +305,65 @@ def test_render_draws_nothing_for_an_object_wholly_outside_the_frame():
     assert not ms.render(outside, 32, 2).any()
   half = dict(params, x0=0.0, x1=0.0)            # centred on the left edge: half of it drawn
   assert 0 < ms.render(half, 32, 1).any(-1).sum() < ms.render(params, 32, 1).any(-1).sum()
+
+
+def test_render_follows_given_trajectory_positions_and_blanks_vanished_objects():
+  params = _params('growing', shape='circle', image_size=32)
+  linear = ms.render(params, 32, 8)
+  np.testing.assert_array_equal(ms.render(params, 32, 8, ms.linear_progress(8)), linear)
+  backwards = ms.render(params, 32, 8, ms.linear_progress(8)[::-1])
+  np.testing.assert_array_equal(backwards, linear[::-1])
+  # Extrapolated far enough back, the circle shrinks to size <= 0: nothing is drawn there.
+  shrink_to = -params['size0'] / (params['size1'] - params['size0'])
+  gone = ms.render(params, 32, 3, np.array([0.0, shrink_to, shrink_to - 1.0]))
+  assert gone[0].any() and not gone[1:].any()
+  with pytest.raises(ValueError, match=r'progress must have shape \(8,\)'):
+    ms.render(params, 32, 8, np.zeros(7))
+
+
+def test_reversal_progress_turns_at_the_start_of_the_trajectory():
+  np.testing.assert_allclose(ms.reversal_progress(8, 3) * 7, [3, 2, 1, 0, 1, 2, 3, 4])
+  np.testing.assert_allclose(ms.reversal_progress(8, 0), ms.linear_progress(8))
+  for bad in (-1, 8):
+    with pytest.raises(ValueError, match='turn_frame'):
+      ms.reversal_progress(8, bad)
+
+
+@pytest.mark.parametrize('motion', ['moving right', 'moving up and left', 'shrinking', 'rotating clockwise'])
+def test_reversal_clips_show_the_opposite_motion_before_the_turn(motion):
+  """A reversal clip's frames from its turn frame on are the ordinary clip's first frames (the captioned
+  motion, at its speed, inside the frame); the frames before it mirror them: the opposite motion. The
+  other examples, and every example's labels and geometry, are those of reversal_prob 0."""
+  kw = dict(num_examples=60, image_size=32, num_frames=8, motions=motion)
+  plain, mixed = ms.MovingShapes(**kw), ms.MovingShapes(**kw, reversal_prob=0.5)
+  turns = []
+  for i in range(60):
+    a, b = plain[i], mixed[i]
+    assert a['caption'] == b['caption'] and np.array_equal(a['params'], b['params'])
+    assert a['turn_frame'] == 0
+    k = int(b['turn_frame'])
+    turns.append(k)
+    if k == 0:
+      np.testing.assert_array_equal(b['video'], a['video'])
+      continue
+    video = b['video'].astype(int)
+    np.testing.assert_array_equal(video[k:], a['video'][:8 - k])   # the captioned motion from the turn on
+    m = min(k, 7 - k)   # frames before the turn that have a mirror image after it
+    np.testing.assert_array_equal(video[k - m:k], video[k + 1:k + 1 + m][::-1])   # mirrored before it
+  turns = np.array(turns)
+  assert set(turns[turns > 0]) == {1, 2, 3, 4} and 0.3 < (turns > 0).mean() < 0.7
+  if motion in ms.TRANSLATIONS:   # the centre moves against the caption's direction before the turn
+    ux, uy = ms.TRANSLATIONS[motion]
+    for i in np.flatnonzero(turns > 1):
+      cx, cy = _centres(mixed[int(i)]['video'])
+      k = turns[i]
+      assert np.all(np.diff(cx[:k + 1]) * ux <= 0) and np.all(np.diff(cy[:k + 1]) * uy <= 0)
+      assert (np.diff(cx[:k + 1]) * ux + np.diff(cy[:k + 1]) * uy).sum() < -1.0
+
+
+def test_reversal_prob_refuses_bad_input():
+  with pytest.raises(ValueError, match='reversal_prob must be a probability'):
+    ms.MovingShapes(reversal_prob=1.5)
+  with pytest.raises(ValueError, match='num_frames >= 2'):
+    ms.MovingShapes(num_frames=1, reversal_prob=0.5)
+  assert 'reversal_prob=0.25' in repr(ms.MovingShapes(reversal_prob=0.25))

@@ -130,7 +130,10 @@ def _tree_equal(a, b):
 
 
 def test_resume_is_bit_identical(tmp_path):
+  """Also with reversal clips in the data: their 'turn_frame' key goes to the step with the batch."""
   config = micro_config(16, num_steps=4, ckpt_every=2, log_every=2)
+  config.data.reversal_prob = 0.5
+  assert "turn_frame" in setup.build_run(config, text_encoder=HashTextEncoder(), devices=ONE).batch_shardings()
   full = loop.train(config, tmp_path / "full", text_encoder=HashTextEncoder(), devices=ONE)
   loop.train(config, tmp_path / "split", text_encoder=HashTextEncoder(), devices=ONE, stop_after=2)
   assert (tmp_path / "split" / "checkpoints" / "2").is_dir()

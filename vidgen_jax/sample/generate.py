@@ -239,8 +239,9 @@ class Generator:
     configs = [self.config] + ([self.expert_config] if self.low_noise is not None else [])
     if method == "clean" and not all(trained_for_clean(c) for c in configs):
       raise ValueError("method 'clean' feeds known frames at timestep 0 while the others are noisy: it needs a "
-                       "model trained with per-frame noise levels (diffusion.frame_noise_prob or "
-                       "clean_prefix_prob > 0, or data.reversal_prob > 0); this one was not, use reconstruction or replacement")
+                       "model trained with clean frames next to noisy ones (diffusion.frame_noise_prob or "
+                       "clean_prefix_prob > 0, or data.reversal_prob > 0); this one was not, use reconstruction "
+                       "or replacement")
     stories = [[str(p) for p in s] for s in stories]
     if not stories or any(len(s) != len(stories[0]) or not s for s in stories):
       raise ValueError("give every video the same, non-zero number of prompts")
