@@ -477,35 +477,37 @@ def test_frame_timesteps_mix_shared_and_independent_per_frame_levels():
     losses.frame_timesteps(key, t, 8, 1000, 1.5)
 
 
-def test_clean_prefix_timesteps_hand_the_model_what_prediction_by_clean_does():
+def test_clean_prefixes_hand_the_model_what_prediction_by_clean_does():
   """A clean_prefix_prob share of the clips gets its first k frames (1 <= k <= frames/2) at level 0 and the
   others at the clip's own t, as prediction by 'clean' does; the rest and appended images keep frame_t."""
   from vidgen_jax.diffusion import losses
   key = jax.random.key(8)
   t = jax.random.randint(key, (4000,), 1, 1000)
   frame_t = jnp.maximum(losses.frame_timesteps(jax.random.key(9), t, 10, 1000, 0.5), 1)   # 0 marks a prefix
-  np.testing.assert_array_equal(losses.clean_prefix_timesteps(key, t, frame_t, 0.0), frame_t)
-  out = np.asarray(losses.clean_prefix_timesteps(key, t, frame_t, 0.5, video_frames=8))
+  np.testing.assert_array_equal(losses.clean_prefix_lengths(key, 4000, 0.0, 8), 0)
+  known = np.asarray(losses.clean_prefix_lengths(key, 4000, 0.5, video_frames=8))
+  out = np.asarray(losses.known_prefix_timesteps(t, frame_t, known, video_frames=8))
   t, frame_t = np.asarray(t), np.asarray(frame_t)
   prefixed = out[:, 0] == 0
+  np.testing.assert_array_equal(prefixed, known > 0)
   assert abs(prefixed.mean() - 0.5) < 0.03
   np.testing.assert_array_equal(out[~prefixed], frame_t[~prefixed])
   np.testing.assert_array_equal(out[:, 8:], frame_t[:, 8:])                 # the 2 appended images
-  known = (out[prefixed, :8] == 0).sum(axis=1)
-  assert sorted(set(known)) == [1, 2, 3, 4]                                   # k uniform over [1, 8 // 2]
+  np.testing.assert_array_equal((out[prefixed, :8] == 0).sum(axis=1), known[prefixed])
+  assert sorted(set(known[prefixed])) == [1, 2, 3, 4]                       # k uniform over [1, 8 // 2]
   video = out[prefixed, :8]
-  clean_first = np.arange(8)[None] < known[:, None]
+  clean_first = np.asarray(losses.known_prefix_mask(known[prefixed], 8))
   np.testing.assert_array_equal(video[clean_first], 0)                       # a prefix, not scattered frames
   np.testing.assert_array_equal(np.where(clean_first, t[prefixed, None], video), t[prefixed, None] + 0 * video)
   with pytest.raises(ValueError, match="clean_prefix_prob"):
-    losses.clean_prefix_timesteps(key, jnp.asarray(t), jnp.asarray(frame_t), 1.5)
+    losses.clean_prefix_lengths(key, 4, 1.5, 8)
   with pytest.raises(ValueError, match="at least 2 frames"):
-    losses.clean_prefix_timesteps(key, jnp.asarray(t), jnp.asarray(frame_t), 0.5, video_frames=1)
+    losses.clean_prefix_lengths(key, 4, 0.5, video_frames=1)
 
 
 def test_known_prefix_timesteps_give_each_sample_its_own_clean_frames():
   """known[i] = k > 0: sample i's first k frames at level 0 and its other video frames at t[i]; k = 0 and the
-  appended images keep frame_t. The refactored clean_prefix_timesteps draws exactly what it drew before."""
+  appended images keep frame_t."""
   from vidgen_jax.diffusion import losses
   t = jnp.array([500, 600, 700])
   frame_t = jnp.arange(30).reshape(3, 10) + 1
@@ -513,13 +515,7 @@ def test_known_prefix_timesteps_give_each_sample_its_own_clean_frames():
   np.testing.assert_array_equal(out[0], frame_t[0])
   np.testing.assert_array_equal(out[1], [0, 0] + [600] * 6 + [19, 20])
   np.testing.assert_array_equal(out[2], [0] * 4 + [700] * 4 + [29, 30])
-  key = jax.random.key(3)
-  k_known, k_pick = jax.random.split(key)   # the draw written out as it was before the refactor
-  known = jax.random.randint(k_known, (3, 1), 1, 5)
-  pick = jax.random.bernoulli(k_pick, 0.5, (3, 1))
-  index = jnp.arange(10)[None]
-  before = jnp.where(pick, jnp.where(index < known, 0, jnp.where(index < 8, t[:, None], frame_t)), frame_t)
-  np.testing.assert_array_equal(losses.clean_prefix_timesteps(key, t, frame_t, 0.5, 8), before)
+  np.testing.assert_array_equal(losses.known_prefix_mask(jnp.array([0, 2]), 3), [[0, 0, 0], [1, 1, 0]])
 
 
 def test_t_range_trains_an_expert_on_its_noise_levels_only():
@@ -583,6 +579,36 @@ def test_t_range_trains_an_expert_on_its_noise_levels_only():
                                 np.repeat(levels[turned, 2], 3 - turn[turned]))
   assert levels[turned, 2].min() >= 500
   assert not (levels[~turned] == levels[~turned, :1]).all()   # ordinary clips keep their per-frame levels
+
+
+def test_frames_given_as_context_stay_out_of_the_loss():
+  """Frames given clean (a reversal clip's before its turn, a clean prefix) are conditioning, not targets:
+  the loss does not change whatever the model outputs on them, even under an SNR weighting (whose level-0
+  weight, ~1e4 here, would otherwise let them dominate), and does change on the frames after them."""
+  import flax.linen as nn
+  import ml_collections
+  from vidgen_jax.train import vdm
+
+  class FirstFrameOff(nn.Module):   # predicts x0 exactly except on frame 0, where it is off by `off`
+    off: float
+
+    @nn.compact
+    def __call__(self, x, t, cond, **unused):
+      self.param("unused", nn.initializers.zeros, ())
+      return jnp.zeros_like(x).at[:, 0].add(self.off) + self.variables["params"]["unused"]
+
+  cfg = ml_collections.ConfigDict(dict(prediction="x0", loss="l2", cfg_drop_prob=0.0, prob_focus_present=0.0,
+                                       frame_noise_prob=0.0, loss_snr_clip=(1, 1e5)))
+  batch = {"video": np.full((8, 3, 4, 4, 3), 127, np.uint8), "text_tokens": np.ones((8, 2, 4), np.float32),
+           "text_mask": np.ones((8, 2), bool), "turn_frame": np.ones(8, np.int32)}   # video is ~0 in model space
+  sched = diffusion.make_schedule(1000, "cosine")
+  loss = lambda off, b: float(vdm.loss_fn({"params": {"unused": jnp.zeros(())}}, FirstFrameOff(off), sched, cfg,
+                                          b, jax.random.key(0)))
+  assert loss(5.0, batch) == loss(0.0, batch)                         # frame 0 is context in every clip
+  plain = dict(batch, turn_frame=np.zeros(8, np.int32))
+  assert loss(5.0, plain) > loss(0.0, plain) + 1.0                    # and a target in ordinary clips
+  cfg.clean_prefix_prob = 1.0                                          # a clean prefix: at least frame 0
+  assert loss(5.0, plain) == loss(0.0, plain)
 
 
 def test_temporal_deviation_loss_weighs_only_the_error_that_changes_over_frames():

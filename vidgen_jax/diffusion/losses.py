@@ -86,30 +86,25 @@ def frame_timesteps(rng, t, frames, num_timesteps, frame_noise_prob, t_range=())
   return jnp.where(pick, independent, tiled)
 
 
-def clean_prefix_timesteps(rng, t, frame_t, clean_prefix_prob, video_frames=None):
-  """(B, frames) timesteps in which, with probability `clean_prefix_prob`, a sample's first k frames are clean
-  (timestep 0) and the others share the sample's own level t (B,); the other samples keep `frame_t` (B, frames).
+def clean_prefix_lengths(rng, batch, clean_prefix_prob, video_frames):
+  """(B,) int32 numbers of clean first frames: with probability `clean_prefix_prob` a sample gets k uniform
+  over [1, video_frames // 2] (prediction gives 2 of 8 frames, extension half a window), otherwise 0.
 
-  That is exactly what video prediction and extension by the 'clean' method hand the model
-  (`conditioning`): k known frames at level 0 next to unknown frames at the sampler's level. Independent
-  per-frame levels (`frame_timesteps`) almost never draw it (k frames near 0 and the rest together at high
-  noise), yet the high-noise steps are where a continuation's direction is decided. k is uniform over
-  [1, video_frames // 2] (prediction gives 2 of 8 frames, extension half a window); frames from
-  `video_frames` on (joint training's appended images) keep `frame_t`. The known frames stay in the loss:
-  at level 0 their error is near zero, as it is for the nearly clean frames of per-frame levels.
+  With `known_prefix_timesteps` this trains on exactly what video prediction and extension by the 'clean'
+  method hand the model (`conditioning`): k known frames at level 0 next to unknown frames that share the
+  sampler's level. Independent per-frame levels (`frame_timesteps`) almost never draw it (k frames near 0
+  and the rest together at high noise), yet the high-noise steps are where a continuation's direction is
+  decided.
   """
   if not 0.0 <= clean_prefix_prob <= 1.0:
     raise ValueError(f"clean_prefix_prob must be in [0, 1], got {clean_prefix_prob}")
-  b, frames = frame_t.shape
-  video_frames = frames if video_frames is None else video_frames
   if clean_prefix_prob == 0.0:
-    return frame_t
+    return jnp.zeros((batch,), jnp.int32)
   if video_frames < 2:
     raise ValueError(f"clean_prefix_prob needs clips of at least 2 frames to give some of them, got {video_frames}")
   k_known, k_pick = jax.random.split(rng)
-  known = jax.random.randint(k_known, (b,), 1, video_frames // 2 + 1)
-  pick = jax.random.bernoulli(k_pick, clean_prefix_prob, (b,))
-  return known_prefix_timesteps(t, frame_t, jnp.where(pick, known, 0), video_frames)
+  known = jax.random.randint(k_known, (batch,), 1, video_frames // 2 + 1)
+  return jnp.where(jax.random.bernoulli(k_pick, clean_prefix_prob, (batch,)), known, 0)
 
 
 def known_prefix_timesteps(t, frame_t, known, video_frames=None):
@@ -117,8 +112,9 @@ def known_prefix_timesteps(t, frame_t, known, video_frames=None):
   other video frames at its own level t[i]; a sample with k = 0 keeps `frame_t` (B, frames). Frames from
   `video_frames` on (joint training's appended images) always keep `frame_t`.
 
-  The frames that the data says are context, not the caption's (a reversal clip's frames before its turn,
-  `MovingShapes(reversal_prob=...)`), enter the model as the 'clean' method's known frames do.
+  The known frames are context, as the 'clean' method's are at sampling: `known_prefix_mask` takes them out
+  of the loss. Their sources: `clean_prefix_lengths`, and the data's reversal clips, whose frames before the
+  turn show the opposite of the caption's motion (`MovingShapes(reversal_prob=...)`).
   """
   frames = frame_t.shape[1]
   video_frames = frames if video_frames is None else video_frames
@@ -126,6 +122,11 @@ def known_prefix_timesteps(t, frame_t, known, video_frames=None):
   known = jnp.asarray(known)[:, None]
   prefix = jnp.where(index < known, 0, jnp.where(index < video_frames, t[:, None], frame_t))
   return jnp.where(known > 0, prefix, frame_t)
+
+
+def known_prefix_mask(known, frames):
+  """(B, frames) bool, True on the frames that a sample's known prefix (`known_prefix_timesteps`) gives."""
+  return jnp.arange(frames)[None] < jnp.asarray(known)[:, None]
 
 
 def training_target(sched, x0, t, noise, prediction="eps"):

@@ -174,9 +174,11 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   per group (the video and each image independently), the timestep per sample. diffusion.frame_noise_prob
   > 0 gives that fraction of the samples one independent timestep per frame (`losses.frame_timesteps`);
   diffusion.clean_prefix_prob > 0 that fraction clean first frames and one level for the others, as video
-  prediction by 'clean' hands them (`losses.clean_prefix_timesteps`). A batch with 'turn_frame' (B,) (the
+  prediction by 'clean' hands them (`losses.clean_prefix_lengths`). A batch with 'turn_frame' (B,) (the
   data's reversal clips, data.reversal_prob) gives each sample's frames before its turn frame at level 0
-  and the rest at its t (`losses.known_prefix_timesteps`): they are context, not the caption's motion.
+  and the rest at its t: they are context, not the caption's motion. Frames given clean either way are
+  conditioning, not targets, and stay out of the loss (`losses.known_prefix_mask`): under an SNR weighting
+  (loss_snr_clip) their level-0 weight would otherwise dominate it.
   diffusion.t_range (lo, hi) trains on the noise levels t/T in [lo, hi) only (an expert, `diffusion.experts`).
   diffusion.temporal_loss_weight λ > 0 adds λ times the error's deviation from its per-clip frame mean
   (`losses.temporal_deviation_loss`, over the video frames only). diffusion.loss_snr_clip (lo, hi) weighs
@@ -194,13 +196,15 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
                               diffusion_cfg.get("high_noise_from", 0.8), t_range)
   frame_noise_prob = diffusion_cfg.get("frame_noise_prob", 0.0)
   clean_prefix_prob = diffusion_cfg.get("clean_prefix_prob", 0.0)
+  context = None   # (B, frames) True on the frames given clean as context
   if frame_noise_prob or clean_prefix_prob or turn_frame is not None:
     frame_t = losses.frame_timesteps(k_frame_t, t, frames, sched.num_timesteps, frame_noise_prob, t_range)
-    frame_t = losses.clean_prefix_timesteps(jax.random.fold_in(k_t, 2), t, frame_t, clean_prefix_prob,
-                                            frames - num_images)
+    known = losses.clean_prefix_lengths(jax.random.fold_in(k_t, 2), b, clean_prefix_prob, frames - num_images)
     if turn_frame is not None:
-      frame_t = losses.known_prefix_timesteps(t, frame_t, turn_frame, frames - num_images)
-    t = frame_t
+      known = jnp.where(turn_frame > 0, turn_frame, known)
+    t = losses.known_prefix_timesteps(t, frame_t, known, frames - num_images)
+    if clean_prefix_prob or turn_frame is not None:
+      context = losses.known_prefix_mask(known, frames)
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = gaussian.q_sample(sched, x0, t, noise)
   target = losses.training_target(sched, x0, t, noise, diffusion_cfg.prediction)
@@ -215,10 +219,14 @@ def loss_fn(params, model: Unet3D, sched, diffusion_cfg, batch, rng, num_images:
   pred = model.apply(params, x_t, t, pooled(batch), null_cond=null, focus_present_mask=focus,
                      **text_inputs(model, batch["text_tokens"], batch["text_mask"]), **extra)
   weights = losses.snr_loss_weights(sched, t, diffusion_cfg.prediction, diffusion_cfg.get("loss_snr_clip", ()))
+  if context is not None:
+    weights = jnp.where(context, 0.0, 1.0 if weights is None else weights)
   per_sample = losses.diffusion_loss(pred.astype(jnp.float32), target, diffusion_cfg.loss, weights)
   temporal_weight = diffusion_cfg.get("temporal_loss_weight", 0.0)
   if temporal_weight:
     video_frames = None if groups is None else groups == 0
+    if context is not None:
+      video_frames = ~context if video_frames is None else video_frames & ~context
     per_sample = per_sample + temporal_weight * losses.temporal_deviation_loss(
         pred, target, diffusion_cfg.loss, frame_mask=video_frames)
   return per_sample.mean()
