@@ -132,9 +132,10 @@ def test_generator_split_at_one_is_the_low_noise_model_alone():
   high, low = _pair()
   prompts = ["a red circle moving left", "a blue square growing"]
   split = high.with_low_noise_expert(low, 1.0, workdir="low")
-  assert split.tag == "experts_s1" and split.experts["low_noise_prediction"] == "v"
+  assert split.tag == "experts_low-1_s1" and split.experts["low_noise_prediction"] == "v"
   guided = high.with_low_noise_expert(low, 0.5, workdir="low", cond_scale=1)
-  assert guided.tag == "experts_s0.5_g1" and guided.experts["low_noise_cond_scale"] == 1.0
+  assert guided.tag == "experts_low-1_s0.5_g1" and guided.experts["low_noise_cond_scale"] == 1.0
+  assert high.with_low_noise_expert(low, 0.5).tag == "experts_s0.5"   # a low-noise model without a workdir
   assert guided.low_noise.cond_scale == 1.0 and "low_noise_cond_scale" not in split.experts
   with pytest.raises(ValueError, match="guidance weight must be >= 0"):
     high.with_low_noise_expert(low, 0.5, cond_scale=-1)

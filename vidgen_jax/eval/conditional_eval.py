@@ -100,12 +100,13 @@ TASKS = ("extension", "story", "prediction", "superres")
 def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0, step=None, num_frames: int = 32,
                      given: int = 2, factor: int = 2, method: str = "reconstruction", guidance_weight=None,
                      overlap=None, gen=None, fps: int = 8, experts=None, **sampling) -> dict:
-  """Runs `task` on the eval prompt set and writes WORKDIR/eval/step_N_<task>_<method>[_seed<S>]/{metrics.json,
-  samples.npz, grid.gif}; returns the metrics (scores per split: seen, heldout, all).
+  """Runs `task` on the eval prompt set and writes WORKDIR/eval/step_N_<task>_<method>[_<split's
+  tag>][_overlap<k>][_seed<S>]/{metrics.json, samples.npz, grid.gif}; returns the metrics (scores per split:
+  seen, heldout, all).
 
   superres: real clips average-pooled by `factor` are super-resolved (reconstruction guidance); scored by
   the evaluator and by PSNR against the real clips, next to nearest-neighbour upsampling. experts (as in
-  `run_eval.evaluate_workdir`) samples with an expert split, written to ..._<method>_experts_s<switch>."""
+  `run_eval.evaluate_workdir`) samples with an expert split, written to ..._<method>_<its tag> (`generate.Generator.tag`)."""
   import json
   import time
 
@@ -170,7 +171,8 @@ def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0,
   tag = "reconstruction" if task == "superres" else method
   if tag == "reconstruction":
     tag += f"_w{gen._weight(guidance_weight):g}"
-  out = run_eval.eval_dir(workdir, seed, f"step_{gen.step}_{task}_{tag}", gen.tag)
+  out = run_eval.eval_dir(workdir, seed, f"step_{gen.step}_{task}_{tag}", gen.tag,
+                         "" if overlap is None else f"overlap{overlap}")
   out.mkdir(parents=True, exist_ok=True)
   (out / "metrics.json").write_text(json.dumps(result, indent=1))
   video_io.write_videos(out / "samples.npz", videos, prompts)

@@ -134,7 +134,7 @@ def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: s
   """Samples and scores the eval prompt set; `gen` reuses an already loaded generator of this workdir.
 
   experts: {"low_noise_workdir", "low_noise_step", "switch"} (`generate.load_generator`) samples with an
-  expert split; its results go to eval/step_<N>_experts_s<switch>[_<tag>]."""
+  expert split; its results go to eval/step_<N>_<the split's tag>[_<tag>] (`generate.Generator.tag`)."""
   from vidgen_jax.sample import generate
   gen = gen or generate.load_generator(workdir, step=step, **(experts or {}))
   tag = "_".join(filter(None, (gen.tag, tag)))

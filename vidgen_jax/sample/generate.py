@@ -2,6 +2,7 @@
 import copy
 import functools
 import logging
+import pathlib
 
 import jax
 import numpy as np
@@ -45,12 +46,16 @@ class Generator:
 
   @property
   def tag(self) -> str:
-    """A name for what samples: '' for one model, 'experts_s<switch>' for a split, '..._g<scale>' when its
-    low-noise model has its own guidance weight (eval directory names)."""
+    """A name for what samples: '' for one model, 'experts_<low-noise workdir's name>-<its step>_s<switch>'
+    for a split ('experts_s<switch>' when the low-noise model has no workdir), '..._g<scale>' when that model
+    has its own guidance weight (eval directory names: two splits with different low-noise models write to
+    different directories)."""
     if self.experts is None:
       return ""
+    name = pathlib.Path(self.experts["low_noise_workdir"]).name
+    low = f"{name}-{self.experts['low_noise_step']}_" if name else ""
     scale = self.experts.get("low_noise_cond_scale")
-    return f"experts_s{self.experts['switch']:g}" + ("" if scale is None else f"_g{scale:g}")
+    return f"experts_{low}s{self.experts['switch']:g}" + ("" if scale is None else f"_g{scale:g}")
 
   def with_low_noise_expert(self, expert: "Generator", switch: float, workdir: str = "",
                             cond_scale: float | None = None, high_noise_workdir: str = "") -> "Generator":
