@@ -134,6 +134,16 @@ def test_plan_windows(frames, overlap, given, expected):
 def test_story_windows_take_the_prompt_of_their_first_new_frame():
   plan = long_video.plan_windows(24, 8, 4, segment_frames=8, num_prompts=3)
   assert [(w.start, w.prompt) for w in plan] == [(0, 0), (4, 1), (8, 1), (12, 2), (16, 2)]
+  # Windows that do not line up with the segments stop at the next segment instead of making its first
+  # frames under the previous prompt (overlap 2: the third window would otherwise make frames 16-19).
+  for frames, overlap, seg in ((24, 2, 8), (32, 4, 8), (30, 6, 8), (20, 3, 5), (21, 4, 6)):
+    plan = long_video.plan_windows(frames, 8, overlap, segment_frames=seg, num_prompts=-(-frames // seg))
+    made = [f for w in plan for f in range(w.start + w.known, w.end)]
+    assert made == list(range(frames))                                   # each frame once, in order
+    assert all(f // seg == w.prompt for w in plan for f in range(w.start + w.known, w.end))
+    assert all(0 < w.end - w.start <= 8 and w.known <= overlap or w is plan[-1] for w in plan)
+  assert [(w.start, w.known, w.end) for w in long_video.plan_windows(24, 8, 2, segment_frames=8, num_prompts=3)] \
+      == [(0, 0, 8), (6, 2, 14), (12, 2, 16), (14, 2, 22), (16, 6, 24)]
   with pytest.raises(ValueError, match="cover fewer"):
     long_video.plan_windows(32, 8, 4, segment_frames=8, num_prompts=3)
   with pytest.raises(ValueError, match="overlap"):
@@ -159,6 +169,13 @@ def test_run_windows_hands_each_window_the_frames_made_so_far():
   np.testing.assert_array_equal(video[0, :, 0, 0, 0], np.arange(5, 25))   # continuous across windows
   for known, count in calls[1:]:
     assert count >= 4 and np.all(np.diff(known[0, :count, 0, 0, 0]) == 1)
+
+  def by_prompt(known, known_count, prompt, index):   # every new frame says which prompt made it
+    return np.where(np.arange(known.shape[1])[None, :, None, None, None] < known_count, known, float(prompt))
+
+  story = long_video.run_windows(by_prompt, np.zeros((1, 0, 1, 1, 1), np.float32), 24, 8, 2, segment_frames=8,
+                                 num_prompts=3)
+  np.testing.assert_array_equal(story[0, :, 0, 0, 0], np.arange(24) // 8)   # each segment under its prompt
 
 
 def test_extension_and_prediction_scores_on_real_clips():

@@ -16,6 +16,7 @@ class Window:
   start: int        # index of the window's first frame in the long video
   known: int        # leading frames of the window that are known (taken from the video so far)
   prompt: int       # index of the prompt that conditions this window
+  end: int          # the window's new frames are [start + known, end); later ones it samples are dropped
 
 
 def plan_windows(num_frames: int, window: int, overlap: int, *, given: int = 0, segment_frames: int | None = None,
@@ -24,7 +25,9 @@ def plan_windows(num_frames: int, window: int, overlap: int, *, given: int = 0, 
 
   given: frames known before sampling starts (video prediction); the first window then knows them.
   segment_frames: frames per prompt of a story (prompt i covers frames [i*segment_frames, (i+1)*...)); a
-  window uses the prompt of its first new frame. Without it every window uses prompt 0.
+  window uses the prompt of its first new frame and keeps no new frame past that prompt's segment (the next
+  window, with the next prompt, makes those), so every frame is made under its own segment's prompt whatever
+  the overlap. Without it every window uses prompt 0.
   The last window is shifted back so that it ends exactly at num_frames (it then knows more frames).
   """
   if window < 1 or not 0 <= overlap < window:
@@ -44,12 +47,16 @@ def plan_windows(num_frames: int, window: int, overlap: int, *, given: int = 0, 
   def prompt_of(frame):
     return 0 if segment_frames is None else min(frame // segment_frames, num_prompts - 1)
 
+  def segment_end(frame):
+    return num_frames if segment_frames is None else (frame // segment_frames + 1) * segment_frames
+
   windows, made = [], given
   while made < num_frames:
     start = min(max(made - overlap, 0) if windows else 0, max(num_frames - window, 0))
     known = made - start if windows else given
-    windows.append(Window(start=start, known=known, prompt=prompt_of(made)))
-    made = min(start + window, num_frames)
+    end = min(start + window, num_frames, segment_end(made))
+    windows.append(Window(start=start, known=known, prompt=prompt_of(made), end=end))
+    made = end
   return windows
 
 
@@ -72,5 +79,5 @@ def run_windows(sample_window, first_frames, num_frames: int, window: int, overl
     known = np.zeros((n, length) + frame_shape, np.float32)
     known[:, :w.known] = video[:, w.start:w.start + w.known]
     out = np.asarray(sample_window(known, w.known, w.prompt, i), np.float32)
-    video[:, w.start + w.known:w.start + length] = out[:, w.known:length]
+    video[:, w.start + w.known:w.end] = out[:, w.known:w.end - w.start]
   return video
