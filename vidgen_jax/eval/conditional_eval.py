@@ -106,7 +106,8 @@ def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0,
 
   superres: real clips average-pooled by `factor` are super-resolved (reconstruction guidance); scored by
   the evaluator and by PSNR against the real clips, next to nearest-neighbour upsampling. experts (as in
-  `run_eval.evaluate_workdir`) samples with an expert split, written to ..._<method>_<its tag> (`generate.Generator.tag`)."""
+  `run_eval.evaluate_workdir`) samples with an expert split, written to ..._<method>_<its tag>
+  (`generate.Generator.tag`)."""
   import json
   import time
 
