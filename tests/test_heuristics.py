@@ -30,3 +30,22 @@ def test_readout_on_bad_videos_is_low():
     assert s["motion_acc"] <= max_motion, s
   assert heuristics.read_colour(np.zeros((8, 32, 32, 3), np.uint8)) is None
   assert heuristics.read_motion(np.zeros((8, 32, 32, 3), np.uint8)) is None
+
+
+def test_rotation_per_frame_reads_the_turn_of_rendered_clips():
+  """The mean turn per frame of rendered clips is the true one (clockwise positive) within 5 degrees; objects
+  that translate, scale or cannot show a turn (circles, empty frames) read about 0."""
+  ms = moving_shapes
+  errors = []
+  for seed in range(6):
+    for shape, motion in (("square", "rotating clockwise"), ("triangle", "rotating counterclockwise"),
+                          ("square", "moving down and right"), ("triangle", "shrinking"), ("circle", "growing")):
+      params = ms.sample_params(np.random.default_rng(seed), ("cyan", shape, motion), 32, 8)
+      turn = heuristics.rotation_per_frame(ms.render(params, 32, 8))
+      true = (params["angle1"] - params["angle0"]) / 7
+      assert turn.shape == (7,) and abs(float(turn.mean()) - true) < 5.0, (shape, motion, turn, true)
+      errors.append(abs(float(turn.mean()) - true))
+      if motion.startswith("rotating"):
+        assert np.sign(turn).tolist().count(np.sign(true)) >= 6      # the direction, frame by frame
+  assert np.mean(errors) < 1.5
+  np.testing.assert_array_equal(heuristics.rotation_per_frame(np.zeros((3, 16, 16, 3), np.uint8)), [0, 0])

