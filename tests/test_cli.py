@@ -68,7 +68,7 @@ def test_sample_npz_and_gif(workdir, tmp_path):
 
 def test_eval_writes_metrics(workdir):
   out = _vidgen("eval", "--workdir", str(workdir), "--num-samples", "1", "--steps", "2")
-  out_dir = workdir / "eval" / "step_2"
+  out_dir = workdir / "eval" / "step_2_steps2"   # the sampling settings given name the directory
   assert f"wrote {out_dir}/metrics.json" in out.stdout
   metrics = json.loads((out_dir / "metrics.json").read_text())
   scores = metrics["scores"]
@@ -84,7 +84,7 @@ def test_eval_writes_metrics(workdir):
   # written beside the model's own results, saying what it paired.
   split = _vidgen("eval", "--workdir", str(workdir), "--num-samples", "1", "--steps", "2",
                   "--low-noise-workdir", str(workdir), "--switch", "0.5")
-  split_dir = workdir / "eval" / f"step_2_experts_{workdir.name}-2_s0.5"   # names the low-noise run
+  split_dir = workdir / "eval" / f"step_2_experts_{workdir.name}-2_s0.5_steps2"   # names the low-noise run
   assert f"wrote {split_dir}/metrics.json" in split.stdout
   assert json.loads((split_dir / "metrics.json").read_text())["experts"] == {
       "low_noise_workdir": str(workdir), "low_noise_step": 2, "switch": 0.5,
@@ -175,7 +175,8 @@ def test_eval_story_and_extension_report_the_real_ceiling(workdir, capsys):
   out = _vidgen("eval", "--workdir", str(workdir), "--task", "story", "--num-frames", "16", "--steps", "2",
                 "--method", "replacement", "--seed", "1", "--overlap", "2")
   assert "seen ceiling (real clips continued)" in out.stdout
-  metrics = json.loads((workdir / "eval" / "step_2_story_replacement_overlap2_seed1" / "metrics.json").read_text())
+  out_dir = workdir / "eval" / "step_2_story_replacement_steps2_overlap2_seed1"
+  metrics = json.loads((out_dir / "metrics.json").read_text())
   assert metrics["task"] == "story" and metrics["num_frames"] == 16 and metrics["seed"] == 1
   assert len(metrics["scores"]["all"]["per_segment"]) == 2 and metrics["scores"]["all"]["num_videos"] == 38
   ceiling = metrics["ceiling_real"]

@@ -187,6 +187,16 @@ def test_sweep_files_of_a_split_sit_beside_the_models_own():
   assert names("switch", "experts_s0") == ["sweep_switch.json", "sweep_switch.png"]
 
 
+def test_eval_directories_name_the_sampling_settings_given():
+  """Evaluations of one step with other sampling settings write to their own directories."""
+  from vidgen_jax.eval import run_eval
+  assert run_eval.sampling_tag({}) == run_eval.sampling_tag({"steps": None}) == ""
+  assert run_eval.sampling_tag({"steps": 25, "cond_scale": 5.0, "sampler": "ddim", "frame_offset": None}) \
+      == "cond_scale5_samplerddim_steps25"
+  assert run_eval.eval_dir("w", 1, "step_3", "", run_eval.sampling_tag({"cond_scale": 1.5})).name \
+      == "step_3_cond_scale1.5_seed1"
+
+
 def _trained_on(gen, t_range, init_from=""):
   """The generator with its config saying it was trained on t_range only (diffusion.t_range), fine-tuned from
   `init_from`."""

@@ -101,8 +101,8 @@ def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0,
                      given: int = 2, factor: int = 2, method: str = "reconstruction", guidance_weight=None,
                      overlap=None, gen=None, fps: int = 8, experts=None, **sampling) -> dict:
   """Runs `task` on the eval prompt set and writes WORKDIR/eval/step_N_<task>_<method>[_<split's
-  tag>][_overlap<k>][_seed<S>]/{metrics.json, samples.npz, grid.gif}; returns the metrics (scores per split:
-  seen, heldout, all).
+  tag>][_<sampling settings given>][_overlap<k>][_seed<S>]/{metrics.json, samples.npz, grid.gif}; returns the
+  metrics (scores per split: seen, heldout, all).
 
   superres: real clips average-pooled by `factor` are super-resolved (reconstruction guidance); scored by
   the evaluator and by PSNR against the real clips, next to nearest-neighbour upsampling. experts (as in
@@ -172,7 +172,7 @@ def evaluate_workdir(workdir, task: str, *, num_samples: int = 1, seed: int = 0,
   tag = "reconstruction" if task == "superres" else method
   if tag == "reconstruction":
     tag += f"_w{gen._weight(guidance_weight):g}"
-  out = run_eval.eval_dir(workdir, seed, f"step_{gen.step}_{task}_{tag}", gen.tag,
+  out = run_eval.eval_dir(workdir, seed, f"step_{gen.step}_{task}_{tag}", gen.tag, run_eval.sampling_tag(sampling),
                          "" if overlap is None else f"overlap{overlap}")
   out.mkdir(parents=True, exist_ok=True)
   (out / "metrics.json").write_text(json.dumps(result, indent=1))

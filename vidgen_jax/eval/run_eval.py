@@ -1,6 +1,7 @@
 """`vidgen eval`: sample a fixed prompt set (seen and held-out combinations) and score it with the evaluator.
 
-Writes WORKDIR/eval/step_<N>[_<tag>][_seed<S>]/{metrics.json, grid.png, samples.npz, grid.gif} and logs the metrics to
+Writes WORKDIR/eval/step_<N>[_<tag>][_seed<S>]/{metrics.json, grid.png, samples.npz, grid.gif} (the tag names an
+expert split and the sampling settings given, `evaluate_workdir`) and logs the metrics to
 the workdir's TensorBoard under eval/. Reproducible from the seed. Every number comes with its ceiling and
 floors, computed on the same prompts at the same set size:
   real      procedurally rendered clips of the prompts (what a perfect generator would score)
@@ -134,10 +135,11 @@ def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: s
   """Samples and scores the eval prompt set; `gen` reuses an already loaded generator of this workdir.
 
   experts: {"low_noise_workdir", "low_noise_step", "switch"} (`generate.load_generator`) samples with an
-  expert split; its results go to eval/step_<N>_<the split's tag>[_<tag>] (`generate.Generator.tag`)."""
+  expert split. Results go to eval/step_<N>[_<the split's tag>][_<sampling settings given>][_<tag>][_seed<S>]
+  (`generate.Generator.tag`, `sampling_tag`), so evaluations with other settings never overwrite each other."""
   from vidgen_jax.sample import generate
   gen = gen or generate.load_generator(workdir, step=step, **(experts or {}))
-  tag = "_".join(filter(None, (gen.tag, tag)))
+  tag = "_".join(filter(None, (gen.tag, sampling_tag(sampling), tag)))
   n = num_samples or gen.config.eval.num_samples
   if n < 1:
     raise ValueError("--num-samples must be at least 1")
@@ -168,6 +170,13 @@ def evaluate_workdir(workdir, num_samples=None, seed=0, step=None, fps=8, tag: s
   _log_tensorboard(workdir, gen.step, scores["generated"], tag)
   metrics["dir"] = str(out)
   return metrics
+
+
+def sampling_tag(sampling: dict) -> str:
+  """The sampling settings given (None = the workdir's default) as a directory-name part, sorted by name:
+  {'steps': 25, 'cond_scale': 5.0} -> 'cond_scale5_steps25'; '' when none is given."""
+  return "_".join(f"{k}{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}{v}"
+                  for k, v in sorted(sampling.items()) if v is not None)
 
 
 def eval_dir(workdir, seed: int, *parts: str) -> pathlib.Path:
@@ -225,8 +234,7 @@ def sweep(workdir, name: str, values, num_samples=None, seed: int = 0, step=None
   rows = []
   for v, gen in zip(values, gens):   # a switch value is the generator's own (its tag names the directory)
     setting = {} if name == "switch" else {name: v}
-    m = evaluate_workdir(workdir, num_samples=num_samples, seed=seed, tag="" if name == "switch" else f"{name}{v:g}",
-                         gen=gen, **{**sampling, **setting})
+    m = evaluate_workdir(workdir, num_samples=num_samples, seed=seed, gen=gen, **{**sampling, **setting})
     rows.append({name: v, "sample_seconds": m["sample_seconds"],
                  **{f"{set_}/{split}": m["scores"][set_][split] for set_ in ("generated", "real")
                     for split in ("seen", "heldout")}})
