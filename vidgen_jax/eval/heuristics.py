@@ -91,13 +91,19 @@ def _bilinear(image: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> np.ndarray:
           + fy * ((1 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1)))
 
 
-def _centred_and_turned(image: np.ndarray, degrees: float) -> np.ndarray:
-  """`image` (H, W) moved so that its centre of mass is the frame's centre, then turned by `degrees`
-  clockwise on screen about it (y points down, so the usual rotation matrix turns clockwise)."""
+def _centre_of_mass(image: np.ndarray) -> tuple[float, float]:
+  h, w = image.shape
+  ys, xs = np.mgrid[0:h, 0:w]
+  total = max(float(image.sum()), 1e-6)
+  return float((image * ys).sum()) / total, float((image * xs).sum()) / total
+
+
+def _centred_and_turned(image: np.ndarray, degrees: float, centre: tuple[float, float]) -> np.ndarray:
+  """`image` (H, W) moved so that `centre` (its centre of mass) is the frame's centre, then turned by
+  `degrees` clockwise on screen about it (y points down, so the usual rotation matrix turns clockwise)."""
   h, w = image.shape
   ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-  total = max(float(image.sum()), 1e-6)
-  my, mx = float((image * ys).sum()) / total, float((image * xs).sum()) / total
+  my, mx = centre
   cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
   th = np.deg2rad(degrees)
   # Output pixel p (relative to the centre) shows the input at R(-θ) p, relative to the centre of mass.
@@ -123,8 +129,8 @@ def rotation_per_frame(video: np.ndarray, max_degrees: float = 30.0, step: float
   angles = np.arange(-max_degrees, max_degrees + step / 2, step)
   out = []
   for a, b in zip(v[:-1], v[1:]):
-    target = _centred_and_turned(b, 0.0)
-    errors = np.array([np.square(_centred_and_turned(a, th) - target).sum() for th in angles])
+    target, centre = _centred_and_turned(b, 0.0, _centre_of_mass(b)), _centre_of_mass(a)
+    errors = np.array([np.square(_centred_and_turned(a, th, centre) - target).sum() for th in angles])
     still = errors[len(angles) // 2]   # angle 0
     turned = errors.min() < (1.0 - min_gain) * still   # a turn must explain the change, not resampling noise
     out.append(float(angles[int(np.argmin(errors))]) if turned else 0.0)
