@@ -8,7 +8,9 @@ and (b) a guided DDIM run from t0 down to 0 (50 * frac steps) are read by the sh
 holds for small frac and collapses near frac = 1 means the model keeps the motion it is given but does not
 create it from the text (README, Results). With --motion, the prompts are every caption of the data set with
 that motion (seen and held-out), each printed per motion: accuracy that collapses even at small frac means
-the model cannot draw that motion at all, not merely that it does not choose it from pure noise. With
+the model cannot draw that motion at all, not merely that it does not choose it from pure noise. Rotations
+also print their mean turn in the caption's direction (degrees per frame, `metrics.rotation_turn`), first
+for the real clips themselves. With
 --low-noise-workdir, WORKDIR's model denoises the levels t/T >= --switch and DIR2's the rest (an expert split,
 `vidgen_jax/diffusion/experts.py`), in the one-shot prediction as in the DDIM run.
 """
@@ -74,9 +76,14 @@ def main():
     return jax.lax.scan(step, x, (times, prev))[0]
 
   def accuracy(videos):
-    right = metrics.correctness(evaluator.read(to_uint8(videos)), prompts)
+    videos = to_uint8(videos)
+    right = metrics.correctness(evaluator.read(videos), prompts)
     text = " ".join(f"{k} {v:4.0%}" for k, v in metrics.accuracy(right).items())
-    return text + (f" [{metrics.motion_line(metrics.by_motion(right, prompts))}]" if args.motion else "")
+    turns = metrics.rotation_turn(videos, prompts)
+    return text + (f" [{metrics.motion_line(metrics.by_motion(right, prompts, turns))}]" if args.motion else "")
+
+  if args.motion:
+    print(f"real clips: {accuracy(x0)}", flush=True)
 
   with run.context():
     for frac in FRACTIONS:

@@ -187,11 +187,14 @@ def test_extension_and_prediction_scores_on_real_clips():
   assert [s["joint"] for s in scores["per_segment"]] == [1.0] * 4
   assert scores["all_segments"] == 1.0 and scores["boundary_consistency"] == 1.0
   assert scores["boundary_jump"] > 2.0          # independent clips: every cut jumps
+  assert all(turn > 5 for turn in scores["rotation_turn_per_segment"])    # real rotations: 8.6-17 per frame
   smooth = run_eval.real_videos(prompts, 0, num_frames=32)   # one continuous 32-frame clip per prompt
   assert 0.5 < conditional_eval.boundary_jump(smooth) < 1.5
   wrong = conditional_eval.score_extension(long, prompts[1:] + prompts[:1], ev.default_evaluator())
   assert wrong["all_segments"] == 0.0
-  assert conditional_eval.score_prediction(segs[0], prompts, ev.default_evaluator())["joint"] == 1.0
+  assert all(abs(turn) < 2 for turn in wrong["rotation_turn_per_segment"])  # the growing triangle, asked to turn
+  predicted = conditional_eval.score_prediction(segs[0], prompts, ev.default_evaluator())
+  assert predicted["joint"] == 1.0 and predicted["by_motion"]["rotating clockwise"]["turn"] > 5
   with pytest.raises(ValueError, match="no boundary"):
     conditional_eval.boundary_jump(segs[0])
 
@@ -220,6 +223,7 @@ def test_real_continuation_ceilings_of_extension_and_stories():
   np.testing.assert_array_equal(bf[:, 9], bf[:, 7])                    # the turn: frame 8 + 1 = frame 8 - 1
   scores = conditional_eval.score_extension(bf, story, evaluator)
   assert scores["all_segments"] == 1.0 and scores["boundary_object_kept"] == 1.0
+  assert all(turn > 5 for turn in scores["rotation_turn_per_segment"])   # each segment turns the way it is told
   assert "boundary_consistency" not in scores                          # the motion changes on purpose
   assert conditional_eval.score_extension(bf, prompts, evaluator)["per_segment"][1]["motion"] == 0.0
   with pytest.raises(ValueError, match="one prompt per 8-frame segment"):

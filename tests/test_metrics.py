@@ -83,3 +83,48 @@ def test_by_motion_splits_accuracy_by_the_prompts_motion():
   assert metrics.motion_line(out) == "moving left 50% (2), rotating clockwise 50% (2)"
   with pytest.raises(ValueError, match="prompts"):
     metrics.by_motion(metrics.correctness(readings, prompts), prompts[:3])
+
+
+def test_rotation_turn_is_signed_by_the_prompts_direction():
+  """A clip turning clockwise reads its true rate for 'rotating clockwise', minus it for 'counterclockwise';
+  prompts that do not rotate are not measured (NaN)."""
+  from vidgen_jax.data import moving_shapes as ms
+  params = ms.sample_params(np.random.default_rng(0), ("red", "square", "rotating clockwise"), 32, 8)
+  clip = ms.render(params, 32, 8)
+  true = (params["angle1"] - params["angle0"]) / 7
+  assert true > 7
+  turns = metrics.rotation_turn(np.stack([clip] * 3), ["a red square rotating clockwise",
+                                                       "a red square rotating counterclockwise",
+                                                       "a red square moving left"])
+  assert abs(turns[0] - true) < 3 and turns[1] == -turns[0] and np.isnan(turns[2])
+  still = np.repeat(clip[:1], 8, axis=0)
+  assert metrics.rotation_turn(still[None], ["a red square rotating clockwise"])[0] == 0.0
+  with pytest.raises(ValueError, match="prompts"):
+    metrics.rotation_turn(clip[None], [])
+
+
+def test_by_motion_adds_the_rotations_turn():
+  prompts = ["a red circle moving left", "a blue square rotating clockwise", "a green triangle rotating clockwise"]
+  readings = [_reading("red", "circle", "moving left"), _reading("blue", "square", "static"),
+              _reading("green", "triangle", "static")]
+  turns = np.array([np.nan, 2.0, -1.0])
+  out = metrics.by_motion(metrics.correctness(readings, prompts), prompts, turns)
+  assert "turn" not in out["moving left"] and out["rotating clockwise"]["turn"] == 0.5
+  assert metrics.motion_line(out) == "moving left 100% (1), rotating clockwise 0% (2, +0.5 deg/frame)"
+  with pytest.raises(ValueError, match="turns"):
+    metrics.by_motion(metrics.correctness(readings, prompts), prompts, turns[:2])
+  split = metrics.by_split(np.random.default_rng(0).normal(size=(3, 2)), readings, prompts, ["seen"] * 3,
+                           {"seen": np.eye(2), "all": np.eye(2)}, turns)
+  assert split["all"]["by_motion"]["rotating clockwise"]["turn"] == 0.5
+
+
+def test_headline_reports_the_rotations_turn_for_each_set():
+  from vidgen_jax.eval import run_eval
+  rot = {"motion": 0.0, "joint": 0.0, "num": 2}
+  split = {"colour": 1.0, "shape": 1.0, "motion": 0.5, "joint": 0.5, "fed": 3.0}
+  scores = {"generated": {"seen": split, "all": {"by_motion": {"rotating clockwise": {**rot, "turn": 1.25}}}},
+            "real": {"seen": split, "all": {"by_motion": {"rotating clockwise": {**rot, "turn": 11.0},
+                                                          "rotating counterclockwise": {**rot, "turn": 9.5}}}}}
+  text = run_eval.headline({"scores": scores})
+  assert text.splitlines()[-1] == ("rotations turn (deg/frame, the prompt's way): generated clockwise +1.2 | "
+                                   "real clockwise +11.0, counterclockwise +9.5")

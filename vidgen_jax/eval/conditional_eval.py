@@ -8,7 +8,9 @@ every boundary between segments: 'boundary_consistency' (both sides read as the 
 motion: the object kept and its motion continued) and 'boundary_jump' (mean absolute pixel change across
 the boundary divided by the mean change between consecutive frames inside segments: 1 means the cut is as
 smooth as the video elsewhere, larger means a visible jump) and 'boundary_object_kept' (both sides read as
-the same colour and shape).
+the same colour and shape). Where segments ask for a rotation, 'rotation_turn_per_segment' gives their mean
+turn in degrees per frame the way the segment's prompt says (`metrics.rotation_turn`; None for a segment
+index with no rotating prompt): the evaluator reads a slow turn as static, this says how slow.
 
 The data set cannot continue most motions for 32 frames: a translation covers 25-50% of the frame per
 8-frame clip and growing/shrinking scale by 1.5-2, so the real continuation (`run_eval.continued_real_videos`,
@@ -20,7 +22,8 @@ Super-resolution: the same accuracies plus PSNR against the real clips (`psnr`).
 
 Prediction (`score_prediction`): real clips rendered for each prompt give their first frames to the model;
 the evaluator reads the completed clip (given frames included, as the clip a user gets) and the motion
-accuracy says whether the model continued the given motion.
+accuracy says whether the model continued the given motion. Rotations also report their turn per frame
+(`by_motion`, given frames included).
 """
 import numpy as np
 
@@ -65,6 +68,10 @@ def score_extension(videos, prompts, evaluator: ev.Evaluator) -> dict:
       "all_segments": float((right[..., colour] & right[..., motion]).all(axis=1).mean()),
       "segment_colour_and_motion": float((right[..., colour] & right[..., motion]).mean()),
   }
+  turns = metrics.rotation_turn(flat, [p for s in stories for p in s]).reshape(len(videos), n_seg)
+  if not np.isnan(turns).all():   # rotating segments: degrees per frame turned the segment prompt's way
+    out["rotation_turn_per_segment"] = [float(np.nanmean(t)) if not np.isnan(t).all() else None
+                                        for t in turns.T]
   if n_seg > 1:
     rows = np.array(readings, dtype=object).reshape(len(videos), n_seg)
     kept = lambda attrs: float(np.mean([[all(rows[i, k][a] == rows[i, k + 1][a] for a in attrs)
@@ -85,8 +92,10 @@ def psnr(a, b) -> float:
 def score_prediction(videos, prompts, evaluator: ev.Evaluator) -> dict:
   """Accuracy of completed clips (N, 8, H, W, 3) against the prompts whose real clips gave the frames, overall
   and by the prompt's motion."""
-  right = metrics.correctness(evaluator.read(np.asarray(videos)), list(prompts))
-  return {**metrics.accuracy(right), "by_motion": metrics.by_motion(right, list(prompts))}
+  videos = np.asarray(videos)
+  right = metrics.correctness(evaluator.read(videos), list(prompts))
+  turns = metrics.rotation_turn(videos, list(prompts))
+  return {**metrics.accuracy(right), "by_motion": metrics.by_motion(right, list(prompts), turns)}
 
 
 def _split_masks(splits) -> dict:

@@ -8,6 +8,9 @@
   compared between sets of the same size (the real ceiling is measured at the size of the generated set).
 * diversity: the mean pairwise feature distance between videos of the same prompt, averaged over prompts
   (0 = every sample of a prompt is the same video: mode collapse).
+* rotation turn: for rotating prompts, the degrees per frame the object turns in the prompt's direction
+  (`heuristics.rotation_per_frame`). The evaluator reads a slow turn as static; this says how slow: real
+  clips turn 7.5-15 degrees per frame, a static or shapeless object 0, a turn the wrong way is negative.
 """
 import collections
 import itertools
@@ -16,6 +19,7 @@ import numpy as np
 
 from vidgen_jax.data import moving_shapes
 from vidgen_jax.eval import evaluator as ev
+from vidgen_jax.eval import heuristics
 
 
 def prompt_labels(prompt: str) -> dict:
@@ -43,25 +47,49 @@ def accuracy(right: np.ndarray) -> dict:
   return out
 
 
-def by_motion(right: np.ndarray, prompts: list[str]) -> dict:
+def rotation_turn(videos, prompts) -> np.ndarray:
+  """(N,) mean degrees per frame each uint8 video (N, T, H, W, 3) turns in its prompt's direction:
+  clockwise turns count positive for 'rotating clockwise', negative for 'rotating counterclockwise'. NaN
+  for prompts that do not rotate (they are not measured)."""
+  if len(videos) != len(prompts):
+    raise ValueError(f"{len(videos)} videos for {len(prompts)} prompts")
+  out = np.full(len(prompts), np.nan)
+  for i, (v, p) in enumerate(zip(videos, prompts)):
+    motion = prompt_labels(p)["motion"]
+    if motion in moving_shapes.ROTATIONS:
+      sign = 1.0 if motion == "rotating clockwise" else -1.0
+      out[i] = sign * float(heuristics.rotation_per_frame(np.asarray(v)).mean())
+  return out
+
+
+def by_motion(right: np.ndarray, prompts: list[str], turns=None) -> dict:
   """{prompt motion: {"motion": accuracy, "joint": accuracy, "num": videos}}, in MOTIONS order: where a
-  model's failures sit (a per-motion view of `accuracy`; `right` as from `correctness`)."""
+  model's failures sit (a per-motion view of `accuracy`; `right` as from `correctness`). With `turns`
+  (`rotation_turn` of the same videos) each rotation also gets "turn", its videos' mean."""
   right = np.asarray(right, bool).reshape(-1, len(ev.ATTRIBUTES))
-  if len(right) != len(prompts):
-    raise ValueError(f"{len(right)} rows of correctness for {len(prompts)} prompts")
+  if len(right) != len(prompts) or (turns is not None and len(turns) != len(prompts)):
+    raise ValueError(f"{len(right)} rows of correctness and {'no' if turns is None else len(turns)} turns "
+                     f"for {len(prompts)} prompts")
   wanted = np.array([prompt_labels(p)["motion"] for p in prompts])
   m = ev.ATTRIBUTES.index("motion")
   out = {}
   for name in moving_shapes.MOTIONS:
-    rows = right[wanted == name]
+    sel = wanted == name
+    rows = right[sel]
     if len(rows):
       out[name] = {"motion": float(rows[:, m].mean()), "joint": float(rows.all(1).mean()), "num": len(rows)}
+      if turns is not None and name in moving_shapes.ROTATIONS:
+        out[name]["turn"] = float(np.mean(np.asarray(turns)[sel]))
   return out
 
 
 def motion_line(by_motion_scores: dict) -> str:
-  """`by_motion` in one line: 'moving left 100% (6), ..., rotating clockwise 0% (4)' (motion accuracy)."""
-  return ", ".join(f"{k} {v['motion']:.0%} ({v['num']})" for k, v in by_motion_scores.items())
+  """`by_motion` in one line: 'moving left 100% (6), ..., rotating clockwise 25% (4, +3.1 deg/frame)' (motion
+  accuracy, videos, and a rotation's mean turn in the prompt's direction where measured)."""
+  def one(k, v):
+    turn = f", {v['turn']:+.1f} deg/frame" if "turn" in v else ""
+    return f"{k} {v['motion']:.0%} ({v['num']}{turn})"
+  return ", ".join(one(k, v) for k, v in by_motion_scores.items())
 
 
 def gaussian_stats(features: np.ndarray):
@@ -99,24 +127,26 @@ def diversity(features: np.ndarray, prompts: list[str]) -> float | None:
   return float(np.mean(per_prompt)) if per_prompt else None
 
 
-def summarise(features, readings, prompts, reference_features) -> dict:
-  """accuracy, joint, FED against `reference_features` and diversity of one set of videos."""
+def summarise(features, readings, prompts, reference_features, turns=None) -> dict:
+  """accuracy, joint, FED against `reference_features` and diversity of one set of videos (with `turns`, the
+  rotations' turn in `by_motion`)."""
   right = correctness(readings, prompts)
   out = accuracy(right)
-  out["by_motion"] = by_motion(right, prompts)
+  out["by_motion"] = by_motion(right, prompts, turns)
   out["fed"] = frechet_distance(features, reference_features)
   out["diversity"] = diversity(features, prompts)
   out["num"] = len(prompts)
   return out
 
 
-def by_split(features, readings, prompts, splits, reference: dict) -> dict:
+def by_split(features, readings, prompts, splits, reference: dict, turns=None) -> dict:
   """summarise() per split name (e.g. 'seen', 'heldout') and over all; reference maps split -> features."""
   features, splits = np.asarray(features), np.asarray(splits)
+  turns = None if turns is None else np.asarray(turns)
   out = {}
   for name in list(dict.fromkeys(splits.tolist())) + ["all"]:
     sel = np.ones(len(splits), bool) if name == "all" else splits == name
     idx = np.flatnonzero(sel)
     out[name] = summarise(features[idx], [readings[i] for i in idx], [prompts[i] for i in idx],
-                          reference[name])
+                          reference[name], None if turns is None else turns[idx])
   return out

@@ -120,7 +120,8 @@ def evaluate_videos(videos, prompts, splits, seed: int = 0, evaluator: ev.Evalua
   def score(v):
     feats, probs = evaluator.run(v)
     readings = ev.readings_from(probs)
-    return metrics_lib.by_split(feats, readings, prompts, splits, reference), readings
+    turns = metrics_lib.rotation_turn(v, prompts)
+    return metrics_lib.by_split(feats, readings, prompts, splits, reference, turns), readings
 
   result, readings = score(clips)
   out = {"generated": result}
@@ -204,6 +205,12 @@ def headline(metrics: dict) -> str:
   generated = metrics["scores"].get("generated", {}).get("all", {})
   if "by_motion" in generated:
     lines.append("generated motion by prompt motion: " + metrics_lib.motion_line(generated["by_motion"]))
+  turns = {name: {m: d["turn"] for m, d in scores.get("all", {}).get("by_motion", {}).items() if "turn" in d}
+           for name, scores in metrics["scores"].items()}
+  if any(turns.values()):
+    lines.append("rotations turn (deg/frame, the prompt's way): " + " | ".join(
+        f"{name} " + ", ".join(f"{m.split()[-1]} {t:+.1f}" for m, t in ts.items())
+        for name, ts in turns.items() if ts))
   return "\n".join(lines)
 
 
