@@ -33,19 +33,25 @@ def test_readout_on_bad_videos_is_low():
 
 
 def test_rotation_per_frame_reads_the_turn_of_rendered_clips():
-  """The mean turn per frame of rendered clips is the true one (clockwise positive) within 5 degrees; objects
-  that translate, scale or cannot show a turn (circles, empty frames) read about 0."""
+  """The mean turn per frame of rendered clips is the true one (clockwise positive) within 4 degrees, 1 on
+  average; objects that translate, scale or cannot show a turn (circles, empty frames) read about 0. With
+  per-pixel noise of standard deviation 25 / 255 added (a sampler's leftover noise) it stays within 1.5 on
+  average: noise off the object must not count (a measure on the raw frames reads about 0 for every clip)."""
   ms = moving_shapes
-  errors = []
+  rng = np.random.default_rng(0)
+  errors, noisy_errors = [], []
   for seed in range(6):
     for shape, motion in (("square", "rotating clockwise"), ("triangle", "rotating counterclockwise"),
                           ("square", "moving down and right"), ("triangle", "shrinking"), ("circle", "growing")):
       params = ms.sample_params(np.random.default_rng(seed), ("cyan", shape, motion), 32, 8)
-      turn = heuristics.rotation_per_frame(ms.render(params, 32, 8))
+      clip = ms.render(params, 32, 8)
+      turn = heuristics.rotation_per_frame(clip)
       true = (params["angle1"] - params["angle0"]) / 7
-      assert turn.shape == (7,) and abs(float(turn.mean()) - true) < 5.0, (shape, motion, turn, true)
+      assert turn.shape == (7,) and abs(float(turn.mean()) - true) < 4.0, (shape, motion, turn, true)
       errors.append(abs(float(turn.mean()) - true))
       if motion.startswith("rotating"):
         assert np.sign(turn).tolist().count(np.sign(true)) >= 6      # the direction, frame by frame
-  assert np.mean(errors) < 1.5
+      noisy = np.clip(clip + rng.normal(0, 25, clip.shape), 0, 255).astype(np.uint8)
+      noisy_errors.append(abs(float(heuristics.rotation_per_frame(noisy).mean()) - true))
+  assert np.mean(errors) < 1.0 and np.mean(noisy_errors) < 1.5, (np.mean(errors), np.mean(noisy_errors))
   np.testing.assert_array_equal(heuristics.rotation_per_frame(np.zeros((3, 16, 16, 3), np.uint8)), [0, 0])

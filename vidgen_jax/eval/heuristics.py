@@ -8,6 +8,7 @@ neither translates nor scales reads as 'static or rotating'. `rotation_per_frame
 way the object turns between frames, for diagnosing rotations the evaluator reads as static.
 """
 import numpy as np
+from scipy import ndimage
 
 from vidgen_jax.data import moving_shapes
 
@@ -98,6 +99,23 @@ def _centre_of_mass(image: np.ndarray) -> tuple[float, float]:
   return float((image * ys).sum()) / total, float((image * xs).sum()) / total
 
 
+def _foreground(image: np.ndarray) -> np.ndarray:
+  """(H, W) in [0, 1]: how much each pixel of a brightness image (H, W) in [0, 1] belongs to the object.
+  A ramp from a quarter to three quarters of the way from the background (the median) to the object (the
+  99th percentile), kept only on the largest connected region over half way and the pixels next to it. Noise
+  and speckle around the object then weigh nothing (objects here are 6-16 pixels wide: blurring would round
+  their corners); a frame with less than 0.1 of contrast is empty."""
+  background, top = float(np.median(image)), float(np.percentile(image, 99))
+  if top - background < 0.1:
+    return np.zeros_like(image)
+  ramp = np.clip((image - background) / (top - background), 0.0, 1.0)
+  regions, count = ndimage.label(ramp > 0.5)
+  if count == 0:
+    return np.zeros_like(image)
+  largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(ramp), regions, range(1, count + 1))))
+  return ramp * ndimage.binary_dilation(regions == largest, np.ones((3, 3), bool))
+
+
 def _centred_and_turned(image: np.ndarray, degrees: float, centre: tuple[float, float]) -> np.ndarray:
   """`image` (H, W) moved so that `centre` (its centre of mass) is the frame's centre, then turned by
   `degrees` clockwise on screen about it (y points down, so the usual rotation matrix turns clockwise)."""
@@ -116,16 +134,18 @@ def rotation_per_frame(video: np.ndarray, max_degrees: float = 30.0, step: float
                        min_gain: float = 0.1) -> np.ndarray:
   """(T - 1,) degrees the object turns from each frame to the next, clockwise on screen positive.
 
-  Both frames are centred on their centre of mass (so translation does not count), then frame f is turned
+  Each frame's brightness is first reduced to its object (`_foreground`: the background and noise off the
+  object weigh nothing). Both frames are then centred on their centre of mass (so translation does not count), then frame f is turned
   by every angle in [-max_degrees, max_degrees] in `step` increments and the angle whose result is closest
   to frame f + 1 (squared error of the brightness) is taken. A turn beyond max_degrees, or by a shape's
   symmetry period, cannot be told apart from a smaller one. A pair reads 0 unless the best turn lowers the
   error of turning by 0 by at least `min_gain` (a fraction): a still, empty, translating or scaling object,
   or a circle, whose turns all look alike. Moving-shapes rotations turn 60-120 degrees over a clip (7.5-15
-  per frame in 8 frames); on rendered 32-pixel clips the mean over a clip is within 1.5 degrees of the true
-  rate on average (5 at worst, for triangles).
+  per frame in 8 frames); on rendered 32-pixel clips the mean over a clip is within 0.3 degrees of the true
+  rate on average (3 at worst, for a small triangle), 0.8 with per-pixel noise of standard deviation 25/255
+  and 1.5 with 50 (the raw frames, without `_foreground`, read about 0 for every clip from 10 on).
   """
-  v = video.astype(np.float32).max(-1) / 255.0
+  v = np.stack([_foreground(f) for f in video.astype(np.float32).max(-1) / 255.0])
   angles = np.arange(-max_degrees, max_degrees + step / 2, step)
   out = []
   for a, b in zip(v[:-1], v[1:]):
