@@ -10,9 +10,9 @@ create it from the text (README, Results). With --motion, the prompts are every 
 that motion (seen and held-out), each printed per motion: accuracy that collapses even at small frac means
 the model cannot draw that motion at all, not merely that it does not choose it from pure noise. Rotations
 also print their mean turn in the caption's direction (degrees per frame, `metrics.rotation_turn`), first
-for the real clips themselves. With
---low-noise-workdir, WORKDIR's model denoises the levels t/T >= --switch and DIR2's the rest (an expert split,
-`vidgen_jax/diffusion/experts.py`), in the one-shot prediction as in the DDIM run.
+for the real clips themselves. With --low-noise-workdir, WORKDIR's model denoises the levels t/T >= --switch
+and DIR2's the rest (an expert split, `vidgen_jax/diffusion/experts.py`), in the one-shot prediction as in
+the DDIM run.
 """
 import argparse
 

@@ -101,10 +101,10 @@ def _centre_of_mass(image: np.ndarray) -> tuple[float, float]:
 
 def _foreground(image: np.ndarray) -> np.ndarray:
   """(H, W) in [0, 1]: how much each pixel of a brightness image (H, W) in [0, 1] belongs to the object.
-  A ramp from a quarter to three quarters of the way from the background (the median) to the object (the
-  99th percentile), kept only on the largest connected region over half way and the pixels next to it. Noise
-  and speckle around the object then weigh nothing (objects here are 6-16 pixels wide: blurring would round
-  their corners); a frame with less than 0.1 of contrast is empty."""
+  A linear ramp from the background (the median) to the object (the 99th percentile), kept only on the
+  largest connected region over half way and the pixels next to it. Noise and speckle around the object then
+  weigh nothing (objects here are 6-16 pixels wide: blurring would round their corners); a frame with less
+  than 0.1 of contrast is empty."""
   background, top = float(np.median(image)), float(np.percentile(image, 99))
   if top - background < 0.1:
     return np.zeros_like(image)
@@ -135,9 +135,9 @@ def rotation_per_frame(video: np.ndarray, max_degrees: float = 30.0, step: float
   """(T - 1,) degrees the object turns from each frame to the next, clockwise on screen positive.
 
   Each frame's brightness is first reduced to its object (`_foreground`: the background and noise off the
-  object weigh nothing). Both frames are then centred on their centre of mass (so translation does not count), then frame f is turned
-  by every angle in [-max_degrees, max_degrees] in `step` increments and the angle whose result is closest
-  to frame f + 1 (squared error of the brightness) is taken. A turn beyond max_degrees, or by a shape's
+  object weigh nothing). Both frames are then centred on their centre of mass (so translation does not
+  count), frame f is turned by every angle in [-max_degrees, max_degrees] in `step` increments, and the
+  angle whose result is closest to frame f + 1 (squared error) is taken. A turn beyond max_degrees, or by a shape's
   symmetry period, cannot be told apart from a smaller one. A pair reads 0 unless the best turn lowers the
   error of turning by 0 by at least `min_gain` (a fraction): a still, empty, translating or scaling object,
   or a circle, whose turns all look alike. Moving-shapes rotations turn 60-120 degrees over a clip (7.5-15
