@@ -79,8 +79,10 @@ def main():
     videos = to_uint8(videos)
     right = metrics.correctness(evaluator.read(videos), prompts)
     text = " ".join(f"{k} {v:4.0%}" for k, v in metrics.accuracy(right).items())
+    if not args.motion:
+      return text
     turns = metrics.rotation_turn(videos, prompts)
-    return text + (f" [{metrics.motion_line(metrics.by_motion(right, prompts, turns))}]" if args.motion else "")
+    return f"{text} [{metrics.motion_line(metrics.by_motion(right, prompts, turns))}]"
 
   if args.motion:
     print(f"real clips: {accuracy(x0)}", flush=True)

@@ -137,19 +137,21 @@ def rotation_per_frame(video: np.ndarray, max_degrees: float = 30.0, step: float
   Each frame's brightness is first reduced to its object (`_foreground`: the background and noise off the
   object weigh nothing). Both frames are then centred on their centre of mass (so translation does not
   count), frame f is turned by every angle in [-max_degrees, max_degrees] in `step` increments, and the
-  angle whose result is closest to frame f + 1 (squared error) is taken. A turn beyond max_degrees, or by a shape's
-  symmetry period, cannot be told apart from a smaller one. A pair reads 0 unless the best turn lowers the
-  error of turning by 0 by at least `min_gain` (a fraction): a still, empty, translating or scaling object,
-  or a circle, whose turns all look alike. Moving-shapes rotations turn 60-120 degrees over a clip (7.5-15
-  per frame in 8 frames); on rendered 32-pixel clips the mean over a clip is within 0.3 degrees of the true
-  rate on average (3 at worst, for a small triangle), 0.8 with per-pixel noise of standard deviation 25/255
-  and 1.5 with 50 (the raw frames, without `_foreground`, read about 0 for every clip from 10 on).
+  angle whose result is closest to frame f + 1 (squared error) is taken. A turn beyond max_degrees, or by a
+  shape's symmetry period, cannot be told apart from a smaller one. A pair reads 0 unless the best turn
+  lowers the error of turning by 0 by at least `min_gain` (a fraction): a still, empty, translating or
+  scaling object, or a circle, whose turns all look alike. Moving-shapes rotations turn 60-120 degrees over
+  a clip (7.5-15 per frame in 8 frames); on rendered 32-pixel clips the mean over a clip is within 0.3
+  degrees of the true rate on average (3 at worst, for a small triangle), 0.8 with per-pixel noise of
+  standard deviation 25/255 and 1.5 with 50 (the raw frames, without `_foreground`, read about 0 for every
+  clip from 10 on).
   """
   v = np.stack([_foreground(f) for f in video.astype(np.float32).max(-1) / 255.0])
   angles = np.arange(-max_degrees, max_degrees + step / 2, step)
+  centres = [_centre_of_mass(f) for f in v]   # each frame's once: it is a pair's source, then its target
   out = []
-  for a, b in zip(v[:-1], v[1:]):
-    target, centre = _centred_and_turned(b, 0.0, _centre_of_mass(b)), _centre_of_mass(a)
+  for a, centre, b, b_centre in zip(v[:-1], centres[:-1], v[1:], centres[1:]):
+    target = _centred_and_turned(b, 0.0, b_centre)
     errors = np.array([np.square(_centred_and_turned(a, th, centre) - target).sum() for th in angles])
     still = errors[len(angles) // 2]   # angle 0
     turned = errors.min() < (1.0 - min_gain) * still   # a turn must explain the change, not resampling noise

@@ -71,6 +71,7 @@ def by_motion(right: np.ndarray, prompts: list[str], turns=None) -> dict:
     raise ValueError(f"{len(right)} rows of correctness and {'no' if turns is None else len(turns)} turns "
                      f"for {len(prompts)} prompts")
   wanted = np.array([prompt_labels(p)["motion"] for p in prompts])
+  turns = None if turns is None else np.asarray(turns, np.float64)
   m = ev.ATTRIBUTES.index("motion")
   out = {}
   for name in moving_shapes.MOTIONS:
@@ -79,7 +80,7 @@ def by_motion(right: np.ndarray, prompts: list[str], turns=None) -> dict:
     if len(rows):
       out[name] = {"motion": float(rows[:, m].mean()), "joint": float(rows.all(1).mean()), "num": len(rows)}
       if turns is not None and name in moving_shapes.ROTATIONS:
-        out[name]["turn"] = float(np.mean(np.asarray(turns)[sel]))
+        out[name]["turn"] = float(turns[sel].mean())
   return out
 
 
